@@ -1,0 +1,197 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is the daemon's whole configuration, from flags and environment.
+type config struct {
+	listen         string
+	httpListen     string
+	logLevel       slog.Level
+	logFormat      string
+	shutdownGrace  time.Duration
+	maxRecvMsgSize byteSize
+	maxSendMsgSize byteSize
+
+	keepaliveMinTime             time.Duration
+	keepalivePermitWithoutStream bool
+	keepaliveTime                time.Duration
+	keepaliveTimeout             time.Duration
+	maxConnectionIdle            time.Duration
+	maxConnectionAge             time.Duration
+	maxConnectionAgeGrace        time.Duration
+}
+
+// usageError is a bad command line or environment; the daemon exits 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// errHelp reports that --help was asked for and printed.
+var errHelp = errors.New("help requested")
+
+// envName is the environment variable backing a flag: --http-listen ↔
+// POOLD_HTTP_LISTEN.
+func envName(flagName string) string {
+	return "POOLD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads flags, then fills every flag not given on the command line
+// from its environment variable. Flags win so that a one-off override works
+// in a container whose environment is fixed.
+func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (*config, error) {
+	cfg := &config{
+		listen:         ":7070",
+		httpListen:     ":9090",
+		logFormat:      "text",
+		shutdownGrace:  15 * time.Second,
+		maxRecvMsgSize: 32 << 20,
+		maxSendMsgSize: 32 << 20,
+
+		keepaliveMinTime: 10 * time.Second,
+		keepaliveTime:    2 * time.Hour,
+		keepaliveTimeout: 20 * time.Second,
+	}
+	fs := flag.NewFlagSet("poold", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Func("listen", "gRPC listen address, host:port (default \":7070\")", listenAddr(&cfg.listen))
+	fs.Func("http-listen", "address for /metrics, /healthz and /readyz, host:port (default \":9090\")", listenAddr(&cfg.httpListen))
+	fs.TextVar(&cfg.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.Func("log-format", "log format: text or json (default \"text\")", oneOf(&cfg.logFormat, "text", "json"))
+	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", cfg.shutdownGrace, "time in-flight RPCs get to finish on SIGTERM before connections are cut")
+	fs.Var(&cfg.maxRecvMsgSize, "max-recv-msg-size", "largest gRPC message accepted, e.g. 32MiB; bounds a Do request body (default 32MiB)")
+	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
+	fs.DurationVar(&cfg.keepaliveMinTime, "grpc-keepalive-min-time", cfg.keepaliveMinTime, "shortest interval allowed between a caller's keep-alive pings")
+	fs.BoolVar(&cfg.keepalivePermitWithoutStream, "grpc-keepalive-permit-without-stream", false, "allow caller keep-alive pings while no RPC is in flight")
+	fs.DurationVar(&cfg.keepaliveTime, "grpc-keepalive-time", cfg.keepaliveTime, "ping a caller connection after this long without activity")
+	fs.DurationVar(&cfg.keepaliveTimeout, "grpc-keepalive-timeout", cfg.keepaliveTimeout, "close a caller connection whose ping is unanswered this long")
+	fs.DurationVar(&cfg.maxConnectionIdle, "grpc-max-connection-idle", 0, "close caller connections idle this long (0 = never)")
+	fs.DurationVar(&cfg.maxConnectionAge, "grpc-max-connection-age", 0, "close caller connections this old, so load spreads after scaling (0 = never)")
+	fs.DurationVar(&cfg.maxConnectionAgeGrace, "grpc-max-connection-age-grace", 0, "time RPCs get to finish on a connection closed for age (0 = unlimited)")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
+			return nil, errHelp
+		}
+		// The flag package names flags with one dash; poold documents two.
+		msg := strings.NewReplacer("for flag -", "for --", "not defined: -", "not defined: --").Replace(err.Error())
+		fmt.Fprintf(stderr, "poold: %s\nRun 'poold --help' for usage.\n", msg)
+		return nil, &usageError{msg: msg}
+	}
+	if fs.NArg() > 0 {
+		msg := fmt.Sprintf("unexpected argument %q: poold takes flags only", fs.Arg(0))
+		fmt.Fprintf(stderr, "poold: %s\n", msg)
+		return nil, &usageError{msg: msg}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || envErr != nil {
+			return
+		}
+		name := envName(f.Name)
+		v := getenv(name)
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = &usageError{msg: fmt.Sprintf("invalid value %q for %s (from %s): %v", v, "--"+f.Name, name, err)}
+		}
+	})
+	if envErr != nil {
+		fmt.Fprintf(stderr, "poold: %v\n", envErr)
+		return nil, envErr
+	}
+	if cfg.shutdownGrace < 0 {
+		msg := fmt.Sprintf("invalid value %q for --shutdown-grace: must not be negative", cfg.shutdownGrace)
+		fmt.Fprintf(stderr, "poold: %s\n", msg)
+		return nil, &usageError{msg: msg}
+	}
+	return cfg, nil
+}
+
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintf(w, "Usage: poold [flags]\n\npoold runs HTTP requests for its gRPC callers on pooled upstream connections.\nEvery flag can also be set from the environment variable shown.\n\nFlags:\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(w, "  --%s  (%s)\n    \t%s\n", f.Name, envName(f.Name), f.Usage)
+		if f.DefValue != "" && !strings.Contains(f.Usage, "(default") {
+			fmt.Fprintf(w, "    \t(default %s)\n", f.DefValue)
+		}
+	})
+}
+
+// listenAddr accepts host:port with a numeric port; an empty host listens on
+// every interface.
+func listenAddr(dst *string) func(string) error {
+	return func(s string) error {
+		_, port, err := net.SplitHostPort(s)
+		if err != nil {
+			return fmt.Errorf("want host:port, e.g. \":7070\" or \"127.0.0.1:7070\": %v", err)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+			return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+		}
+		*dst = s
+		return nil
+	}
+}
+
+func oneOf(dst *string, allowed ...string) func(string) error {
+	return func(s string) error {
+		for _, a := range allowed {
+			if s == a {
+				*dst = s
+				return nil
+			}
+		}
+		return fmt.Errorf("want one of %s", strings.Join(allowed, ", "))
+	}
+}
+
+// byteSize is a flag value in bytes that also takes KiB, MiB and GiB
+// suffixes.
+type byteSize int
+
+func (b *byteSize) String() string {
+	switch n := int(*b); {
+	case n != 0 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n != 0 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n != 0 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	default:
+		return strconv.Itoa(n)
+	}
+}
+
+func (b *byteSize) Set(s string) error {
+	mult := 1
+	num := s
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > (1<<31-1)/int64(mult) {
+		return fmt.Errorf("want a positive size below 2GiB, e.g. 4194304, 512KiB or 32MiB")
+	}
+	*b = byteSize(n * int64(mult))
+	return nil
+}

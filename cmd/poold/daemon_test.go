@@ -1,0 +1,409 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	pooldv1 "github.com/poold/poold/gen/poold/v1"
+)
+
+// testDaemon is a poold started in-process by run, as main starts it.
+type testDaemon struct {
+	grpcAddr, httpAddr string
+	conn               *grpc.ClientConn
+	done               chan error
+	cancel             context.CancelFunc
+}
+
+// startDaemon runs the daemon on loopback ports chosen by the kernel and
+// waits for its "poold listening" log line.
+func startDaemon(t *testing.T, args ...string) *testDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s"}, args...)
+	d := &testDaemon{done: make(chan error, 1), cancel: cancel}
+	go func() {
+		err := run(ctx, args, func(string) string { return "" }, io.Discard, pw)
+		pw.Close()
+		d.done <- err
+	}()
+	addrs := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var line struct{ Msg, GRPC, HTTP string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
+				addrs <- [2]string{line.GRPC, line.HTTP}
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	select {
+	case a := <-addrs:
+		d.grpcAddr, d.httpAddr = a[0], a[1]
+	case err := <-d.done:
+		t.Fatalf("daemon exited before listening: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not report listening within 10s")
+	}
+	conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.conn = conn
+	t.Cleanup(func() {
+		conn.Close()
+		d.stop(t)
+	})
+	return d
+}
+
+func (d *testDaemon) stop(t *testing.T) {
+	t.Helper()
+	d.cancel()
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("run returned %v after shutdown, want nil", err)
+		}
+		d.done <- err // later stop calls see it too
+	case <-time.After(10 * time.Second):
+		t.Error("daemon did not stop within 10s")
+	}
+}
+
+func TestBadConfigurationExitsTwoNamingTheFlag(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"listen without port", []string{"--listen=notaport"}, nil, `--listen`},
+		{"http-listen port out of range", []string{"--http-listen=:99999"}, nil, `--http-listen`},
+		{"unknown log format", []string{"--log-format=xml"}, nil, `--log-format`},
+		{"unknown log level", []string{"--log-level=loud"}, nil, `--log-level`},
+		{"negative grace", []string{"--shutdown-grace=-1s"}, nil, `--shutdown-grace`},
+		{"zero message size", []string{"--max-recv-msg-size=0"}, nil, `--max-recv-msg-size`},
+		{"unknown flag", []string{"--no-such-flag"}, nil, `--no-such-flag`},
+		{"stray argument", []string{"serve"}, nil, `"serve"`},
+		{"bad value from the environment", nil, map[string]string{"POOLD_LISTEN": "notaport"}, `--listen (from POOLD_LISTEN)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr strings.Builder
+			getenv := func(k string) string { return tt.env[k] }
+			err := run(context.Background(), tt.args, getenv, io.Discard, &stderr)
+			if code := exitCode(err); code != 2 {
+				t.Fatalf("exit code = %d (err %v), want 2", code, err)
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("stderr = %q, want it to name %s", stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestFlagsFallBackToTheEnvironmentAndFlagsWin(t *testing.T) {
+	env := map[string]string{"POOLD_LOG_FORMAT": "json", "POOLD_SHUTDOWN_GRACE": "3s"}
+	cfg, err := parseConfig([]string{"--shutdown-grace=7s"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.logFormat != "json" {
+		t.Errorf("log format = %q, want json from POOLD_LOG_FORMAT", cfg.logFormat)
+	}
+	if cfg.shutdownGrace != 7*time.Second {
+		t.Errorf("shutdown grace = %v, want the flag's 7s over the environment's 3s", cfg.shutdownGrace)
+	}
+}
+
+func TestHelpListsEveryFlagWithItsEnvironmentVariable(t *testing.T) {
+	var stdout strings.Builder
+	err := run(context.Background(), []string{"--help"}, func(string) string { return "" }, &stdout, io.Discard)
+	if code := exitCode(err); code != 0 {
+		t.Fatalf("exit code = %d, want 0", code)
+	}
+	for _, want := range []string{"--listen", "POOLD_LISTEN", "--http-listen", "--log-level", "--log-format", "--shutdown-grace", "--max-recv-msg-size", "--max-send-msg-size", "--grpc-keepalive-min-time", ":7070", ":9090"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("--help output lacks %q", want)
+		}
+	}
+}
+
+func TestDaemonServesHealthReflectionAndMetrics(t *testing.T) {
+	d := startDaemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	resp, err := healthpb.NewHealthClient(d.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v; want SERVING", resp, err)
+	}
+
+	services := reflectServices(ctx, t, d.conn)
+	for _, want := range []string{"poold.v1.HTTPService", "poold.v1.PoolService", "poold.v1.PolicyService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} {
+		if !strings.Contains(strings.Join(services, " "), want) {
+			t.Errorf("reflection lists %v, missing %s", services, want)
+		}
+	}
+
+	// Operators read the contract through grpcurl describe: every field of
+	// every poold.v1 message must reach them with its comment.
+	for _, file := range []string{"poold/v1/http.proto", "poold/v1/pool.proto", "poold/v1/policy.proto"} {
+		fd := reflectFile(ctx, t, d.conn, file)
+		assertEverythingDocumented(t, fd)
+	}
+
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if body := httpGet(t, "http://"+d.httpAddr+path); !strings.Contains(body, "ok") {
+			t.Errorf("%s = %q, want ok", path, body)
+		}
+	}
+	if body := httpGet(t, "http://"+d.httpAddr+"/metrics"); !strings.Contains(body, `grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="grpc.health.v1.Health"`) {
+		t.Errorf("/metrics lacks the health Check in grpc_server_handled_total")
+	}
+}
+
+// assertEverythingDocumented fails for every message, field, enum value,
+// service and method of fd that has no leading comment.
+func assertEverythingDocumented(t *testing.T, fd *descriptorpb.FileDescriptorProto) {
+	t.Helper()
+	documented := map[string]bool{}
+	for _, loc := range fd.GetSourceCodeInfo().GetLocation() {
+		if strings.TrimSpace(loc.GetLeadingComments()) != "" {
+			documented[pathKey(loc.GetPath())] = true
+		}
+	}
+	if len(documented) == 0 {
+		t.Fatalf("%s: reflection served no comments at all", fd.GetName())
+	}
+	const (
+		fileMessage = 4
+		fileEnum    = 5
+		fileService = 6
+		msgField    = 2
+		enumValue   = 2
+		svcMethod   = 2
+	)
+	for i, m := range fd.GetMessageType() {
+		if !documented[pathKey([]int32{fileMessage, int32(i)})] {
+			t.Errorf("message %s has no comment", m.GetName())
+		}
+		for j, f := range m.GetField() {
+			if !documented[pathKey([]int32{fileMessage, int32(i), msgField, int32(j)})] {
+				t.Errorf("field %s.%s has no comment", m.GetName(), f.GetName())
+			}
+		}
+	}
+	for i, e := range fd.GetEnumType() {
+		if !documented[pathKey([]int32{fileEnum, int32(i)})] {
+			t.Errorf("enum %s has no comment", e.GetName())
+		}
+		for j, v := range e.GetValue() {
+			if !documented[pathKey([]int32{fileEnum, int32(i), enumValue, int32(j)})] {
+				t.Errorf("enum value %s has no comment", v.GetName())
+			}
+		}
+	}
+	for i, s := range fd.GetService() {
+		if !documented[pathKey([]int32{fileService, int32(i)})] {
+			t.Errorf("service %s has no comment", s.GetName())
+		}
+		for j, m := range s.GetMethod() {
+			if !documented[pathKey([]int32{fileService, int32(i), svcMethod, int32(j)})] {
+				t.Errorf("rpc %s.%s has no comment", s.GetName(), m.GetName())
+			}
+		}
+	}
+}
+
+// pathKey names a source-info location path, e.g. [4 2 2 0] (the first
+// field of the third message).
+func pathKey(p []int32) string { return fmt.Sprint(p) }
+
+func reflectServices(ctx context.Context, t *testing.T, conn *grpc.ClientConn) []string {
+	t.Helper()
+	resp := reflect(ctx, t, conn, &reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	})
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	return names
+}
+
+func reflectFile(ctx context.Context, t *testing.T, conn *grpc.ClientConn, name string) *descriptorpb.FileDescriptorProto {
+	t.Helper()
+	resp := reflect(ctx, t, conn, &reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_FileByFilename{FileByFilename: name},
+	})
+	for _, raw := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+		var fd descriptorpb.FileDescriptorProto
+		if err := proto.Unmarshal(raw, &fd); err != nil {
+			t.Fatal(err)
+		}
+		if fd.GetName() == name {
+			return &fd
+		}
+	}
+	t.Fatalf("reflection did not return %s", name)
+	return nil
+}
+
+func reflect(ctx context.Context, t *testing.T, conn *grpc.ClientConn, req *reflectionpb.ServerReflectionRequest) *reflectionpb.ServerReflectionResponse {
+	t.Helper()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// buildPoold builds the daemon binary once per test run for tests that send
+// it real signals.
+func buildPoold(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "poold")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("building poold: %v", err)
+	}
+	return bin
+}
+
+func TestSIGTERMWithAnOpenStreamExitsZeroWithinTheGracePeriod(t *testing.T) {
+	bin := buildPoold(t)
+	const grace = 2 * time.Second
+	cmd := exec.Command(bin, "--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace="+grace.String())
+	cmd.Env = []string{}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	sc := bufio.NewScanner(stderr)
+	var grpcAddr string
+	for grpcAddr == "" && sc.Scan() {
+		var line struct{ Msg, GRPC string }
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
+			grpcAddr = line.GRPC
+		}
+	}
+	if grpcAddr == "" {
+		t.Fatal("poold never reported listening")
+	}
+	go io.Copy(io.Discard, stderr)
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// Open streams never end by themselves: GracefulStop alone would wait
+	// for them forever.
+	streams := openLongLivedStreams(ctx, t, conn)
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		if err != nil {
+			t.Fatalf("poold exited with %v, want 0", err)
+		}
+	case <-time.After(grace + 5*time.Second):
+		t.Fatalf("poold still running %v after SIGTERM (grace %v)", time.Since(start), grace)
+	}
+	if took := time.Since(start); took > grace+2*time.Second {
+		t.Errorf("shutdown took %v, want within the %v grace period", took, grace)
+	}
+	for _, s := range streams {
+		var err error
+		for err == nil {
+			_, err = s.RecvMsgEvent()
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("stream %s was still open after shutdown", s.name)
+		}
+	}
+}
+
+// streamUnderTest is a long-lived server stream kept open across shutdown.
+type streamUnderTest struct {
+	name         string
+	RecvMsgEvent func() (any, error)
+}
+
+func openLongLivedStreams(ctx context.Context, t *testing.T, conn *grpc.ClientConn) []streamUnderTest {
+	t.Helper()
+	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("health watch: %v", err)
+	}
+	streams := []streamUnderTest{{"health Watch", func() (any, error) { return watch.Recv() }}}
+
+	events, err := pooldv1.NewPoolServiceClient(conn).WatchEvents(ctx, &pooldv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams = append(streams, streamUnderTest{"WatchEvents", func() (any, error) { return events.Recv() }})
+	return streams
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite. It installs what it needs first (scripts/deps.sh), so
+# it runs on a fresh machine from a clean clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "installing test dependencies"
+bash scripts/deps.sh
+
+step "gofmt and go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '^gen/'))
+if [[ -n "$unformatted" ]]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+
+step "contract: buf format, buf lint, generated code fresh"
+bash scripts/check-api.sh
+
+step "go test -race"
+go test -race -count=1 -timeout=20m ./...
+
+step "static binary smoke test"
+bash scripts/smoke.sh
+
+echo
+echo "all checks passed"

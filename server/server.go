@@ -1,0 +1,166 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	pooldv1 "github.com/poold/poold/gen/poold/v1"
+)
+
+// Config is what the gRPC server is built from.
+type Config struct {
+	// Logger receives one line per RPC and every recovered panic.
+	Logger *slog.Logger
+	// Registerer receives the gRPC server metrics. Nil registers nothing.
+	Registerer prometheus.Registerer
+	// MaxRecvMsgSize bounds one received message in bytes, and so the body of
+	// a Do request. 0 means grpc-go's 4 MiB.
+	MaxRecvMsgSize int
+	// MaxSendMsgSize bounds one sent message in bytes, and so the body of a
+	// Do response. 0 means grpc-go's default (no limit).
+	MaxSendMsgSize int
+	// Keepalive is what the server sends and enforces on caller connections.
+	Keepalive Keepalive
+}
+
+// Keepalive configures gRPC keep-alive on caller connections.
+type Keepalive struct {
+	// MinPingInterval is the shortest interval between a caller's pings;
+	// pinging more often gets the connection closed (GOAWAY "too_many_pings").
+	MinPingInterval time.Duration
+	// PermitWithoutStream allows caller pings while no RPC is in flight.
+	PermitWithoutStream bool
+	// MaxConnectionIdle closes a caller connection idle this long. 0 = never.
+	MaxConnectionIdle time.Duration
+	// MaxConnectionAge closes a caller connection this old, after a grace of
+	// MaxConnectionAgeGrace for its RPCs to finish. 0 = never.
+	MaxConnectionAge      time.Duration
+	MaxConnectionAgeGrace time.Duration
+	// Time is how long a connection may be silent before the server pings it;
+	// Timeout is how long the server waits for the ping's answer.
+	Time, Timeout time.Duration
+}
+
+// Server is poold's gRPC server with its health service.
+type Server struct {
+	// GRPC serves every poold.v1 service, health and reflection.
+	GRPC *grpc.Server
+	// Health reports SERVING once the daemon is up and NOT_SERVING while it
+	// shuts down.
+	Health *health.Server
+}
+
+// New builds the gRPC server. Health starts NOT_SERVING: the caller flips it
+// once its listeners are up.
+func New(cfg Config) (*Server, error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(metrics); err != nil {
+			return nil, fmt.Errorf("server: registering gRPC metrics: %w", err)
+		}
+	}
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		logger.ErrorContext(ctx, "panic serving RPC", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})}
+
+	opts := []grpc.ServerOption{
+		// Metrics first so they see every outcome, recovery last so that a
+		// panic becomes INTERNAL before the others record it.
+		grpc.ChainUnaryInterceptor(
+			metrics.UnaryServerInterceptor(),
+			logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),
+			recovery.UnaryServerInterceptor(recoverOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			metrics.StreamServerInterceptor(),
+			logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
+			recovery.StreamServerInterceptor(recoverOpts...),
+		),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             cfg.Keepalive.MinPingInterval,
+			PermitWithoutStream: cfg.Keepalive.PermitWithoutStream,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     cfg.Keepalive.MaxConnectionIdle,
+			MaxConnectionAge:      cfg.Keepalive.MaxConnectionAge,
+			MaxConnectionAgeGrace: cfg.Keepalive.MaxConnectionAgeGrace,
+			Time:                  cfg.Keepalive.Time,
+			Timeout:               cfg.Keepalive.Timeout,
+		}),
+	}
+	if cfg.MaxRecvMsgSize > 0 {
+		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize))
+	}
+	if cfg.MaxSendMsgSize > 0 {
+		opts = append(opts, grpc.MaxSendMsgSize(cfg.MaxSendMsgSize))
+	}
+	s := grpc.NewServer(opts...)
+
+	pooldv1.RegisterHTTPServiceServer(s, pooldv1.UnimplementedHTTPServiceServer{})
+	pooldv1.RegisterPoolServiceServer(s, pooldv1.UnimplementedPoolServiceServer{})
+	pooldv1.RegisterPolicyServiceServer(s, pooldv1.UnimplementedPolicyServiceServer{})
+
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthgrpc.RegisterHealthServer(s, hs)
+	if err := registerReflection(s); err != nil {
+		return nil, err
+	}
+	metrics.InitializeMetrics(s)
+	return &Server{GRPC: s, Health: hs}, nil
+}
+
+// SetServing marks every service SERVING.
+func (s *Server) SetServing() {
+	s.Health.Resume()
+	s.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+}
+
+// Stop shuts down gracefully: health goes NOT_SERVING at once so load
+// balancers stop sending, then in-flight RPCs get until grace to finish
+// before every connection is cut. Open streams such as WatchEvents must not
+// hold shutdown hostage, hence the hard stop.
+func (s *Server) Stop(grace time.Duration) {
+	s.Health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.GRPC.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.GRPC.Stop()
+		<-done
+	}
+}
+
+// slogAdapter lets go-grpc-middleware's logging interceptor write to slog.
+func slogAdapter(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
