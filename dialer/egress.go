@@ -1,0 +1,44 @@
+package dialer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// EgressChecker decides whether poold may connect to a resolved address. It
+// is asked for every resolved IP before connecting to it, so a name that
+// resolves to a forbidden address is caught however it was spelled. A
+// denied address is skipped; a dial with every address denied fails with
+// an *Error at StepEgress. A nil EgressChecker allows everything.
+//
+// Through a proxy the origin is checked and the proxy's own address is not:
+// the operator chose the proxy, the caller chose the origin. This holds for
+// a plain-http origin too, which the proxy connects to on poold's behalf
+// all the same. An origin IP literal is checked as is; an origin name is
+// resolved locally and the dial denied if any answer is, since poold cannot
+// steer the proxy away from that one. A name that does not resolve locally
+// implies no denial and is left to the proxy to resolve: proxies are often
+// there because they see names poold cannot.
+type EgressChecker interface {
+	// CheckEgress returns nil to allow host (as the caller named it) at
+	// addr, or an error wrapping ErrEgressDenied that says why not.
+	CheckEgress(host string, addr netip.AddrPort) error
+}
+
+// ErrEgressDenied is what every egress denial wraps, so callers can tell a
+// policy refusal from a network failure with errors.Is.
+var ErrEgressDenied = errors.New("dialer: egress denied")
+
+// checkEgress asks c about addr and makes sure a denial wraps
+// ErrEgressDenied even when a checker forgot to.
+func checkEgress(c EgressChecker, host string, addr netip.AddrPort) error {
+	if c == nil {
+		return nil
+	}
+	err := c.CheckEgress(host, addr)
+	if err == nil || errors.Is(err, ErrEgressDenied) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrEgressDenied, err)
+}
