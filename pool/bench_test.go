@@ -1,0 +1,208 @@
+package pool_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/poold/poold/pool"
+)
+
+// The benchmarks compare the engine with net/http's Transport on the same
+// loopback upstream. The upstream runs in a child process (this test binary
+// re-executed), so that memory and goroutines measured here belong to the
+// client side alone. See BENCHMARKS.md for results and how to rerun them.
+
+const upstreamEnv = "POOLD_BENCH_UPSTREAM"
+
+// TestBenchUpstreamProcess is not a test: it is the upstream the benchmarks
+// start in a child process. It serves until its stdin closes.
+func TestBenchUpstreamProcess(t *testing.T) {
+	if os.Getenv(upstreamEnv) == "" {
+		t.Skip("runs only as the benchmarks' upstream process")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := strings.Repeat("x", 100)
+	large := strings.Repeat("y", 16<<10)
+	var held atomic.Int64
+	release := make(chan struct{})
+	var once sync.Once
+	mux := http.NewServeMux()
+	mux.HandleFunc("/100", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, small) })
+	mux.HandleFunc("/16k", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, large) })
+	// /hold/N answers once N requests are held at once, so N connections
+	// are open together; they all go idle afterwards.
+	mux.HandleFunc("/hold/", func(w http.ResponseWriter, r *http.Request) {
+		var n int64
+		fmt.Sscan(strings.TrimPrefix(r.URL.Path, "/hold/"), &n)
+		if held.Add(1) >= n {
+			once.Do(func() { close(release) })
+		}
+		select {
+		case <-release:
+		case <-time.After(30 * time.Second):
+		}
+		io.WriteString(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, IdleTimeout: 5 * time.Minute}
+	go srv.Serve(ln)
+	fmt.Println(ln.Addr().String())
+	io.Copy(io.Discard, os.Stdin)
+	srv.Close()
+}
+
+// startUpstreamProcess runs TestBenchUpstreamProcess in a child and returns
+// its address.
+func startUpstreamProcess(b *testing.B) string {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchUpstreamProcess$", "-test.v=false")
+	cmd.Env = append(os.Environ(), upstreamEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stdin.Close()
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatalf("upstream process: %v", err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// transports returns the two contenders, configured alike: plenty of idle
+// connections per host, no connection limit.
+func transports(b *testing.B, idlePerHost uint32) map[string]http.RoundTripper {
+	b.Helper()
+	policy := pool.DefaultPolicy()
+	policy.MaxIdleConnsPerHost = &idlePerHost
+	unlimited := uint32(0)
+	policy.MaxIdleConns = &unlimited
+	engine, err := pool.New(pool.Options{Policies: pool.PolicySet{Default: policy}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { engine.Close() })
+	std := &http.Transport{
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: int(idlePerHost),
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // the engine does not negotiate gzip either
+	}
+	b.Cleanup(std.CloseIdleConnections)
+	return map[string]http.RoundTripper{"engine=poold": engine, "engine=net-http": std}
+}
+
+func BenchmarkParallelGET(b *testing.B) {
+	addr := startUpstreamProcess(b)
+	for _, size := range []struct{ name, path string }{{"body=100B", "/100"}, {"body=16KiB", "/16k"}} {
+		for _, name := range []string{"engine=poold", "engine=net-http"} {
+			b.Run(size.name+"/"+name, func(b *testing.B) {
+				rt := transports(b, 256)[name]
+				url := "http://" + addr + size.path
+				b.ReportAllocs()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					req, _ := http.NewRequest("GET", url, nil)
+					for pb.Next() {
+						resp, err := rt.RoundTrip(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				})
+			})
+		}
+	}
+}
+
+// BenchmarkIdleConns opens 10,000 connections at once, lets them go idle,
+// and reports what each idle connection costs the client: heap bytes and
+// goroutines.
+func BenchmarkIdleConns(b *testing.B) {
+	const conns = 10000
+	addr := startUpstreamProcess(b)
+	for _, name := range []string{"engine=poold", "engine=net-http"} {
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				rt := transports(b, conns)[name]
+				heap0, g0 := heapAndGoroutines()
+				var wg sync.WaitGroup
+				var failed atomic.Int64
+				url := fmt.Sprintf("http://%s/hold/%d", addr, conns)
+				for range conns {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						req, _ := http.NewRequest("GET", url, nil)
+						resp, err := rt.RoundTrip(req)
+						if err != nil {
+							failed.Add(1)
+							return
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}()
+				}
+				wg.Wait()
+				if n := failed.Load(); n > 0 {
+					b.Fatalf("%d of %d requests failed", n, conns)
+				}
+				heap1, g1 := heapAndGoroutines()
+				b.ReportMetric(float64(heap1-heap0)/conns, "heap-B/idle-conn")
+				b.ReportMetric(float64(g1-g0)/conns, "goroutines/idle-conn")
+				if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+					c.CloseIdleConnections()
+				}
+				if e, ok := rt.(*pool.Engine); ok {
+					e.Close()
+				}
+			}
+		})
+	}
+}
+
+func heapAndGoroutines() (int64, int) {
+	// Let finished request goroutines exit before counting.
+	deadline := time.Now().Add(2 * time.Second)
+	g := runtime.NumGoroutine()
+	for time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		if n := runtime.NumGoroutine(); n == g {
+			break
+		} else {
+			g = n
+		}
+	}
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc), runtime.NumGoroutine()
+}

@@ -1,0 +1,103 @@
+package pool
+
+import (
+	"context"
+
+	"github.com/poold/poold/dialer"
+)
+
+func (hp *hostPool) canDialLocked() bool {
+	max := int(hp.eff.MaxConnsPerHost)
+	return !hp.closed && (max == 0 || hp.active+len(hp.idle)+hp.dialing < max)
+}
+
+// startDialLocked dials on behalf of w in a goroutine owned by the engine.
+// The placeholder conn makes the dial visible to Conns.
+func (hp *hostPool) startDialLocked(w *wantConn) {
+	if hp.closed {
+		panic("pool: internal error: dial started on a closed pool")
+	}
+	c := &conn{id: hp.e.connID.Add(1), hp: hp, state: ConnDialing, created: hp.e.now()}
+	hp.conns[c] = struct{}{}
+	hp.dialing++
+	hp.setDialingLocked(w, true)
+	hp.stats.dials.Add(1)
+	eff := hp.eff
+	hp.e.wg.Add(1)
+	go hp.dial(c, w, eff)
+}
+
+// dialForWaitersLocked starts dials for queued requests while the host has
+// room: after a conn closes, a dial fails or the limits grow.
+func (hp *hostPool) dialForWaitersLocked() {
+	for hp.canDialLocked() {
+		w := hp.firstWaiterWithoutDialLocked()
+		if w == nil {
+			return
+		}
+		hp.startDialLocked(w)
+	}
+}
+
+// dial runs detached from the caller's cancellation: if the caller leaves,
+// the conn still serves the next request. Engine Close aborts it.
+func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
+	defer hp.e.wg.Done()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), eff.DialTimeout+eff.TLSHandshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(hp.e.ctx, cancel)
+	defer stop()
+	t := dialer.Target{Host: hp.host, Port: hp.port, TLS: hp.scheme == "https", Proxy: hp.proxy}
+	if t.TLS {
+		t.NextProtos = []string{"http/1.1"}
+	}
+	dc, err := hp.e.dialer.Dial(ctx, t, dialer.Options{
+		DialTimeout:         eff.DialTimeout,
+		TLSHandshakeTimeout: eff.TLSHandshakeTimeout,
+		KeepAlive:           eff.KeepAlive,
+	})
+	if err != nil {
+		hp.dialFailed(c, w, err)
+		return
+	}
+	hp.mu.Lock()
+	c.setDialed(dc, eff.KeepAlive) // under the lock: Conns reads the placeholder
+	hp.dialing--
+	hp.setDialingLocked(w, false)
+	if hp.closed {
+		delete(hp.conns, c)
+		c.state = ConnClosing
+		hp.stats.closed[reasonIndex(CloseShutdown)].Add(1)
+		hp.mu.Unlock()
+		c.closeNow()
+		return
+	}
+	c.state = ConnActive
+	hp.active++
+	hp.e.emit(hp, EventDialed, c.id, "", c.remote)
+	var victims []*conn
+	if !hp.deliverLocked(w, c, nil) {
+		victims = hp.handOffLocked(c)
+	}
+	hp.mu.Unlock()
+	closeConns(victims)
+	hp.e.evictIdle()
+}
+
+func (hp *hostPool) dialFailed(c *conn, w *wantConn, err error) {
+	if hp.e.ctx.Err() != nil {
+		err = joinClosed(err)
+	}
+	perr := &Error{Phase: dialPhase(err), Host: hp.key, Err: err}
+	hp.stats.dialErrors.Add(1)
+	hp.mu.Lock()
+	delete(hp.conns, c)
+	hp.dialing--
+	hp.setDialingLocked(w, false)
+	// If w left or was served by another conn, the error has no caller; it
+	// is still counted and published.
+	hp.deliverLocked(w, nil, perr)
+	hp.dialForWaitersLocked()
+	hp.e.emit(hp, EventDialFailed, c.id, "", err.Error())
+	hp.mu.Unlock()
+}

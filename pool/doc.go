@@ -1,0 +1,50 @@
+// Package pool is poold's transport engine: an http.RoundTripper that keeps
+// persistent upstream connections warm, one pool per scheme, host, port and
+// proxy, under a policy set that can be changed while requests flow.
+//
+// Compared with net/http's Transport, the engine is built to be watched and
+// steered from outside:
+//
+//   - Every connection has an id, a state and a history (Conns), every pool
+//     has live counters kept as things happen (Hosts, Host), and Subscribe
+//     streams what happens without ever slowing the engine down.
+//   - SetPolicies swaps the policy atomically; each pool applies it at once
+//     where it can (trims idle conns, wakes waiters when limits grow,
+//     retires conns past a shorter lifetime, retunes TCP keep-alive on open
+//     sockets) and never drops a request in flight.
+//   - An idle connection costs a socket and nothing else: no goroutine, no
+//     buffers, no timer. One reaper per engine expires idle conns, and a
+//     non-blocking peek at checkout catches the ones the server closed.
+//   - Waiting is bounded (MaxPendingRequests, the caller's deadline) and a
+//     request that gives up leaves the queue at once.
+//   - Errors name the phase that failed (*Error), so callers can tell a
+//     full queue from a dial failure from a slow upstream.
+//
+// A request that may have reached the server is retried only when it is
+// idempotent and failed on a reused connection before any response byte.
+//
+// Use it as any RoundTripper:
+//
+//	engine, err := pool.New(pool.Options{})
+//	if err != nil {
+//		return err
+//	}
+//	defer engine.Close()
+//	client := &http.Client{Transport: engine}
+//	resp, err := client.Get("https://api.example.com/v1/things")
+//	...
+//	t, _ := pool.TimingFrom(resp) // where the time went, once the body is read
+//
+// and change its policy while it runs:
+//
+//	timeout := 2 * time.Second
+//	err = engine.SetPolicies(pool.PolicySet{
+//		Hosts: map[string]pool.Policy{
+//			"api.example.com": {ResponseHeaderTimeout: &timeout},
+//		},
+//	})
+//
+// Locking: each host pool has one mutex guarding its lists and counts;
+// the global idle list's lock nests inside it. No I/O happens under either:
+// conns to close are collected under the lock and closed after.
+package pool

@@ -1,0 +1,260 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http/httpproxy"
+
+	"github.com/poold/poold/dialer"
+)
+
+// Options configure an Engine.
+type Options struct {
+	// Policies is the initial policy set; it is validated by New.
+	Policies PolicySet
+	// Dialer makes connections. nil means a Dialer with the system roots
+	// and no egress checks.
+	Dialer *dialer.Dialer
+	// Proxy picks a proxy for an origin when the effective ProxyURL is "".
+	// nil means HTTP_PROXY, HTTPS_PROXY and NO_PROXY, read once by New.
+	Proxy func(*url.URL) (*url.URL, error)
+	// EventBuffer is how many events each subscriber may have queued
+	// before events are dropped. 0 means 256.
+	EventBuffer int
+	// Now is the clock for idle and lifetime decisions and for
+	// timestamps. nil means time.Now.
+	Now func() time.Time
+	// SweepInterval is how often idle and over-age connections are
+	// looked for. 0 means 1s.
+	SweepInterval time.Duration
+}
+
+// Engine is the connection pool: an http.RoundTripper keeping one pool of
+// persistent connections per scheme, host, port and proxy, run by a
+// policy set that can be swapped while requests flow.
+type Engine struct {
+	// Set by New, read-only after.
+	dialer      *dialer.Dialer
+	proxyEnv    func(*url.URL) (*url.URL, error)
+	now         func() time.Time
+	eventBuffer int
+	sweep       time.Duration
+
+	snap  atomic.Pointer[policySnapshot] // the policy in force; replaced whole
+	setMu sync.Mutex                     // serialises SetPolicies so snapshots apply in order
+
+	mu     sync.RWMutex // guards hosts and closed
+	hosts  map[string]*hostPool
+	closed bool
+
+	isClosed atomic.Bool // closed, readable without mu on hot paths
+
+	idle   idleLRU // idle conns of every host, for MaxIdleConns
+	events eventHub
+	connID atomic.Uint64
+
+	ctx    context.Context // ends at Close: aborts dials, stops the reaper and subscribers
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dials, the reaper and subscribers
+}
+
+var _ http.RoundTripper = (*Engine)(nil)
+
+// policySnapshot is one immutable generation of the policy set.
+type policySnapshot struct {
+	set          PolicySet
+	maxIdleConns uint32        // the default policy's MaxIdleConns
+	changed      chan struct{} // closed when a newer snapshot replaces this one
+	routes       sync.Map      // "scheme://host:port" → *hostPool, valid for this generation
+}
+
+func newSnapshot(set PolicySet) *policySnapshot {
+	// MaxIdleConns lives only in the default policy, so any host that no
+	// pattern matches gives it.
+	return &policySnapshot{set: set, maxIdleConns: set.Resolve("", "").MaxIdleConns, changed: make(chan struct{})}
+}
+
+// New returns an Engine running opts.Policies.
+func New(opts Options) (*Engine, error) {
+	if err := opts.Policies.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		dialer:      opts.Dialer,
+		proxyEnv:    opts.Proxy,
+		now:         opts.Now,
+		eventBuffer: opts.EventBuffer,
+		sweep:       opts.SweepInterval,
+		hosts:       make(map[string]*hostPool),
+	}
+	if e.dialer == nil {
+		cfg, err := dialer.NewTLSConfig("")
+		if err != nil {
+			return nil, fmt.Errorf("pool: default TLS config: %w", err)
+		}
+		e.dialer = &dialer.Dialer{TLSConfig: cfg}
+	}
+	if e.proxyEnv == nil {
+		e.proxyEnv = httpproxy.FromEnvironment().ProxyFunc()
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.eventBuffer <= 0 {
+		e.eventBuffer = 256
+	}
+	if e.sweep <= 0 {
+		e.sweep = time.Second
+	}
+	e.idle.l.Init()
+	e.snap.Store(newSnapshot(opts.Policies.Clone()))
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.wg.Add(1)
+	go e.reap()
+	return e, nil
+}
+
+// RoundTrip sends req on a pooled connection and returns the response.
+// The response body must be read to EOF or closed for the connection to be
+// reused. Errors are *Error values naming the failed phase.
+func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	if err := checkRequest(req); err != nil {
+		closeRequestBody(req)
+		return nil, err
+	}
+	scheme, host, port, _ := originOf(req.URL)
+	if e.isClosed.Load() {
+		closeRequestBody(req)
+		return nil, &Error{Phase: PhaseQueue, Host: scheme + "://" + hostPort(host, port), Err: ErrClosed}
+	}
+	hp, err := e.route(scheme, host, port)
+	if err != nil {
+		closeRequestBody(req)
+		return nil, err
+	}
+	return hp.roundTrip(req, start)
+}
+
+// checkRequest refuses what cannot be framed safely on the wire.
+func checkRequest(req *http.Request) error {
+	bad := func(format string, args ...any) error {
+		return &Error{Phase: PhaseWrite, Err: fmt.Errorf("%w: "+format, append([]any{ErrInvalidRequest}, args...)...)}
+	}
+	if req.URL == nil {
+		return bad("nil URL")
+	}
+	if _, _, _, ok := originOf(req.URL); !ok {
+		return bad("URL must be http or https with a host, got %q", req.URL.Redacted())
+	}
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
+		return bad("method %q", req.Method)
+	}
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return bad("header field name %q", k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return bad("header %q has a value with control characters", k)
+			}
+		}
+	}
+	return nil
+}
+
+func closeRequestBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// route finds the pool for an origin under the current policy, creating it
+// on first use. The answer is cached per policy generation, since the
+// proxy (and so the key) follows from the policy.
+func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
+	snap := e.snap.Load()
+	origin := scheme + "://" + hostPort(host, port)
+	if v, ok := snap.routes.Load(origin); ok {
+		return v.(*hostPool), nil
+	}
+	eff := snap.set.Resolve(host, port)
+	proxy, err := e.proxyFor(eff.ProxyURL, scheme, hostPort(host, port))
+	if err != nil {
+		return nil, &Error{Phase: PhaseProxy, Host: origin, Err: err}
+	}
+	key := poolKey(scheme, hostPort(host, port), proxy)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil, &Error{Phase: PhaseQueue, Host: key, Err: ErrClosed}
+	}
+	hp := e.hosts[key]
+	if hp == nil {
+		// Resolve under e.mu against the snapshot current now: SetPolicies
+		// swaps before it lists the pools to update, so a pool is either
+		// listed or born with the new policy.
+		cur := e.snap.Load()
+		hp = newHostPool(e, key, scheme, host, port, proxy, cur, cur.set.Resolve(host, port))
+		e.hosts[key] = hp
+	}
+	e.mu.Unlock()
+	snap.routes.Store(origin, hp)
+	return hp, nil
+}
+
+// hostList returns the pools sorted by key.
+func (e *Engine) hostList() []*hostPool {
+	e.mu.RLock()
+	list := make([]*hostPool, 0, len(e.hosts))
+	for _, hp := range e.hosts {
+		list = append(list, hp)
+	}
+	e.mu.RUnlock()
+	sort.Slice(list, func(i, j int) bool { return list[i].key < list[j].key })
+	return list
+}
+
+// Close closes every connection (reason shutdown), fails waiting requests
+// with ErrClosed, and makes later requests fail with ErrClosed. Requests in
+// flight fail too: Close is for after callers have been drained.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.isClosed.Store(true)
+	e.mu.Unlock()
+	e.cancel()
+	for _, hp := range e.hostList() {
+		hp.shutdown()
+	}
+	e.wg.Wait()
+	return nil
+}
+
+// Policies returns a copy of the policy set in force.
+func (e *Engine) Policies() PolicySet {
+	return e.snap.Load().set.Clone()
+}
+
+// EffectivePolicy returns the policy a request to scheme://hostport would
+// run under now.
+func (e *Engine) EffectivePolicy(scheme, hostport string) Effective {
+	u := &url.URL{Scheme: scheme, Host: hostport}
+	_, host, port, ok := originOf(u)
+	if !ok {
+		host, port = u.Hostname(), u.Port()
+	}
+	return e.snap.Load().set.Resolve(host, port)
+}

@@ -1,0 +1,93 @@
+package pool
+
+import (
+	"bytes"
+	"io"
+	"reflect"
+	"strings"
+	"time"
+)
+
+// resolveContinue tells the writer whether to send the held-back body.
+func (x *exchange) resolveContinue(send bool) {
+	if x.continueCh != nil && !x.continueSent {
+		x.continueSent = true
+		x.continueCh <- send
+	}
+}
+
+// awaitContinue runs on the writer: the body goes after a 100 Continue,
+// or after ExpectContinueTimeout with no answer at all.
+func (x *exchange) awaitContinue() bool {
+	t := time.NewTimer(x.eff.ExpectContinueTimeout)
+	defer t.Stop()
+	select {
+	case send := <-x.continueCh:
+		return send
+	case <-t.C:
+		return true
+	case <-x.ctx.Done():
+		return false
+	}
+}
+
+// sendBody is the request body as net/http reads it: held back until
+// awaitContinue says so (for Expect: 100-continue; net/http flushes the
+// headers before reading a body it cannot size in memory, so the server
+// has them meanwhile), and keeping its own read error.
+type sendBody struct {
+	rc   io.ReadCloser
+	x    *exchange
+	hold bool
+	err  error // the body's read error; writer-owned until writeDone
+}
+
+func (b *sendBody) Read(p []byte) (int, error) {
+	if b.hold {
+		b.hold = false
+		if !b.x.awaitContinue() {
+			b.x.skippedBody = true
+			return 0, errSkipBody
+		}
+	}
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *sendBody) Close() error { return b.rc.Close() }
+
+// nopCloserTypes are the types io.NopCloser returns.
+var nopCloserTypes = [...]reflect.Type{
+	reflect.TypeOf(io.NopCloser(struct{ io.Reader }{})),
+	reflect.TypeOf(io.NopCloser(strings.NewReader(""))),
+}
+
+// inMemory mirrors net/http's list of bodies it knows cannot block or
+// fail, looking through io.NopCloser as it does.
+func inMemory(r io.Reader) bool {
+	switch r.(type) {
+	case *bytes.Reader, *bytes.Buffer, *strings.Reader:
+		return true
+	}
+	v := reflect.ValueOf(r)
+	for _, t := range nopCloserTypes {
+		if v.Type() == t {
+			inner, ok := v.Field(0).Interface().(io.Reader)
+			return ok && inMemory(inner)
+		}
+	}
+	return false
+}
+
+// usuallyNoBody lists the methods net/http probes for a body before
+// writing, which rules out holding the body back.
+func usuallyNoBody(method string) bool {
+	switch method {
+	case "", "GET", "HEAD", "DELETE", "OPTIONS", "PROPFIND", "SEARCH":
+		return true
+	}
+	return false
+}

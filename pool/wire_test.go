@@ -1,0 +1,226 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestInformationalResponsesBeforeTheFinalOneAreSkipped(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		s.write("HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+		return s.reply(200, "", "final")
+	})
+	e := newTestEngine(t, Options{})
+	r := mustGet(t, e, u.URL)
+	if r.body != "final" {
+		t.Errorf("body %q", r.body)
+	}
+	if again := mustGet(t, e, u.URL); !again.timing.Reused {
+		t.Error("conn not reused after a response with 1xx heads")
+	}
+}
+
+func TestEndlessInformationalResponsesFailTheRequest(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		s.write(strings.Repeat("HTTP/1.1 102 Processing\r\n\r\n", max1xx+5))
+		return s.reply(200, "", "final")
+	})
+	e := newTestEngine(t, Options{})
+	_, err := do(e, newRequest(t, context.Background(), "GET", u.URL, ""))
+	if pe := poolError(t, err, PhaseResponseHeader); !errors.Is(pe, errTooMany1xx) {
+		t.Errorf("error %v", err)
+	}
+}
+
+func TestAResponseHeadOverTheLimitFails(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		return s.reply(200, "X-Big: "+strings.Repeat("b", 8<<10)+"\r\n", "ok")
+	})
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.MaxResponseHeaderBytes = ptr(uint32(1024)) })
+	_, err := do(e, newRequest(t, context.Background(), "GET", u.URL, ""))
+	if pe := poolError(t, err, PhaseResponseHeader); !errors.Is(pe, errHeaderTooLarge) {
+		t.Errorf("error %v", err)
+	}
+}
+
+// continueUpstream answers "Expect: 100-continue" requests as told and
+// reports how much body it read.
+func continueUpstream(t *testing.T, send100 bool, bodyRead chan<- int) *upstream {
+	return newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		if r.URL.Path == "/plain" {
+			return s.reply(200, "", "plain")
+		}
+		if send100 {
+			s.write("HTTP/1.1 100 Continue\r\n\r\n")
+		}
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return false
+		}
+		bodyRead <- len(b)
+		return s.reply(200, "", "got "+string(b))
+	})
+}
+
+func expectContinueRequest(t *testing.T, url, body string) *http.Request {
+	req := newRequest(t, context.Background(), "PUT", url, body)
+	req.Header.Set("Expect", "100-continue")
+	return req
+}
+
+func TestExpectContinueSendsTheBodyAfter100Continue(t *testing.T) {
+	bodyRead := make(chan int, 1)
+	u := continueUpstream(t, true, bodyRead)
+	// A long timeout: the body must go because of the 100, not the timer.
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.ExpectContinueTimeout = ptr(time.Minute) })
+	start := time.Now()
+	r, err := do(e, expectContinueRequest(t, u.URL, "payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.body != "got payload" || <-bodyRead != len("payload") {
+		t.Errorf("body %q", r.body)
+	}
+	if time.Since(start) > 30*time.Second {
+		t.Error("body waited for the timeout despite 100 Continue")
+	}
+	if again := mustGet(t, e, u.URL+"/plain"); !again.timing.Reused {
+		t.Error("conn not reused after a 100-continue exchange")
+	}
+}
+
+func TestExpectContinueSendsTheBodyAfterTheTimeoutWithNo100(t *testing.T) {
+	bodyRead := make(chan int, 1)
+	u := continueUpstream(t, false, bodyRead)
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.ExpectContinueTimeout = ptr(50 * time.Millisecond) })
+	start := time.Now()
+	r, err := do(e, expectContinueRequest(t, u.URL, "payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.body != "got payload" || <-bodyRead != len("payload") {
+		t.Errorf("body %q", r.body)
+	}
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Errorf("body sent after %v, before the expect-continue timeout", d)
+	}
+}
+
+func TestExpectContinueWithholdsTheBodyWhenTheServerAnswersFirst(t *testing.T) {
+	var gotBytes = make(chan int, 1)
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		if r.URL.Path == "/plain" {
+			return s.reply(200, "", "plain")
+		}
+		s.reply(http.StatusExpectationFailed, "", "no")
+		// Whatever the client sends next, within a moment, is body it
+		// should have withheld; a closed conn means it sent none.
+		s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _ := s.br.Read(make([]byte, 64))
+		gotBytes <- n
+		return false
+	})
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.ExpectContinueTimeout = ptr(time.Minute) })
+	r, err := do(e, expectContinueRequest(t, u.URL, "payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != http.StatusExpectationFailed {
+		t.Errorf("status %d", r.status)
+	}
+	if n := <-gotBytes; n != 0 {
+		t.Errorf("server read %d body bytes after answering", n)
+	}
+	if again := mustGet(t, e, u.URL+"/plain"); again.timing.ConnID == r.timing.ConnID {
+		t.Error("conn reused after the body was withheld")
+	}
+	if n := hostStats(t, e, u).Counters.Closed[CloseUnusable]; n != 1 {
+		t.Errorf("closed[unusable] = %d, want 1", n)
+	}
+}
+
+func TestSwitchingProtocolsHandsTheConnToTheCaller(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		s.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhi ")
+		// Echo one line, then hang up.
+		line, err := s.br.ReadString('\n')
+		if err == nil {
+			s.write(line)
+		}
+		return false
+	})
+	e := newTestEngine(t, Options{})
+	req := newRequest(t, context.Background(), "GET", u.URL, "")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := e.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		t.Fatalf("101 body %T is not an io.ReadWriteCloser", resp.Body)
+	}
+	if _, err := io.WriteString(rw, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := bufio.NewReader(rw).ReadString('\n')
+	if err != nil || got != "hi ping\n" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	h := hostStats(t, e, u)
+	if h.Active != 0 || h.Idle != 0 || len(e.Conns(ConnFilter{Host: u.host})) != 0 {
+		t.Errorf("pool still tracks the upgraded conn: %+v", h)
+	}
+}
+
+// endless is a request body that never runs out and is not in memory, so
+// the writer is still busy when the response comes.
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'z'
+	}
+	return len(p), nil
+}
+
+func TestAResponseThatArrivesWhileTheBodyIsStillBeingWrittenEndsTheConn(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		if r.URL.Path == "/plain" {
+			return s.reply(200, "", "plain")
+		}
+		// Refuse the upload without reading it, and keep the conn open:
+		// closing with unread data would reset it under the response.
+		s.reply(http.StatusRequestEntityTooLarge, "", "too large")
+		<-s.u.done
+		return false
+	})
+	e := newTestEngine(t, Options{})
+	req := newRequest(t, context.Background(), "POST", u.URL+"/upload", "")
+	req.Body = io.NopCloser(endless{})
+	req.ContentLength = 1 << 40
+	r, err := do(e, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != http.StatusRequestEntityTooLarge || r.body != "too large" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+	if n := hostStats(t, e, u).Counters.Closed[CloseUnusable]; n != 1 {
+		t.Errorf("closed[unusable] = %d, want 1", n)
+	}
+	if again := mustGet(t, e, u.URL+"/plain"); again.timing.Reused {
+		t.Error("the conn with a half-written body was reused")
+	}
+}
