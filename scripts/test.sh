@@ -26,5 +26,11 @@ go test -race -count=1 -timeout=20m ./...
 step "static binary smoke test"
 bash scripts/smoke.sh
 
+step "README walkthrough, exactly as written"
+bash scripts/walkthrough.sh
+
+step "clients in other languages"
+bash scripts/examples.sh
+
 echo
 echo "all checks passed"

@@ -5,8 +5,9 @@
 // reason, and assembles the gRPC server: interceptors (metrics, logging,
 // recovery), grpc.health.v1 and server reflection. It holds no pool logic.
 //
-//	srv := server.New(server.Config{Logger: logger, Registry: registry})
-//	defer srv.Stop()
+//	store, err := server.OpenPolicyStore("policies.json", engine.SetPolicies, time.Now)
+//	srv, err := server.New(server.Config{Engine: engine, Policies: store, Logger: logger})
+//	defer srv.Stop(10 * time.Second)
 //	go srv.GRPC.Serve(lis)
-//	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+//	srv.SetServing()
 package server

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,10 +22,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
+	"github.com/poold/poold/pool"
 )
 
 // Config is what the gRPC server is built from.
 type Config struct {
+	// Engine runs the HTTP requests and answers PoolService. Required.
+	Engine *pool.Engine
+	// Policies backs PolicyService; its changes go to Engine. Required.
+	Policies *PolicyStore
+	// MaxBodySize bounds the upstream response body Do returns, in bytes.
+	// 0 means DefaultMaxBodySize.
+	MaxBodySize int64
 	// Logger receives one line per RPC and every recovered panic.
 	Logger *slog.Logger
 	// Registerer receives the gRPC server metrics. Nil registers nothing.
@@ -36,7 +46,29 @@ type Config struct {
 	MaxSendMsgSize int
 	// Keepalive is what the server sends and enforces on caller connections.
 	Keepalive Keepalive
+	// MaxConcurrentStreams caps RPCs in flight on one caller connection.
+	// 0 means grpc-go's default.
+	MaxConcurrentStreams uint32
+	// MaxInFlight caps HTTPService calls running at once across all
+	// callers; one more fails at once with RESOURCE_EXHAUSTED. 0 = no cap.
+	MaxInFlight int
+	// AdminTokens, when set, guard PoolService and PolicyService.
+	AdminTokens *TokenFile
+	// ClientTokens, when set, guard HTTPService.
+	ClientTokens *TokenFile
+	// TLS, when set, serves the gRPC listener over TLS (mTLS with a client
+	// CA).
+	TLS *ListenerTLS
 }
+
+// Service names, for interceptors that apply to some services only.
+var (
+	httpServiceName   = pooldv1.HTTPService_ServiceDesc.ServiceName
+	adminServiceNames = map[string]bool{
+		pooldv1.PoolService_ServiceDesc.ServiceName:   true,
+		pooldv1.PolicyService_ServiceDesc.ServiceName: true,
+	}
+)
 
 // Keepalive configures gRPC keep-alive on caller connections.
 type Keepalive struct {
@@ -84,19 +116,32 @@ func New(cfg Config) (*Server, error) {
 		return status.Error(codes.Internal, "internal error")
 	})}
 
+	// Metrics first so they see every outcome, then logging, then auth so
+	// that rejected callers take no in-flight slot, and recovery last so
+	// that a panic becomes INTERNAL before the others record it.
+	unary := []grpc.UnaryServerInterceptor{
+		metrics.UnaryServerInterceptor(),
+		logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		metrics.StreamServerInterceptor(),
+		logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
+	}
+	authUnary, authStream := authInterceptors(
+		authRule{services: adminServiceNames, tokens: cfg.AdminTokens},
+		authRule{services: map[string]bool{httpServiceName: true}, tokens: cfg.ClientTokens},
+	)
+	unary, stream = append(unary, authUnary...), append(stream, authStream...)
+	if cfg.MaxInFlight > 0 {
+		u, s := newInFlightLimit(cfg.MaxInFlight).interceptors()
+		unary, stream = append(unary, u), append(stream, s)
+	}
+	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpts...))
+	stream = append(stream, recovery.StreamServerInterceptor(recoverOpts...))
+
 	opts := []grpc.ServerOption{
-		// Metrics first so they see every outcome, recovery last so that a
-		// panic becomes INTERNAL before the others record it.
-		grpc.ChainUnaryInterceptor(
-			metrics.UnaryServerInterceptor(),
-			logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),
-			recovery.UnaryServerInterceptor(recoverOpts...),
-		),
-		grpc.ChainStreamInterceptor(
-			metrics.StreamServerInterceptor(),
-			logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
-			recovery.StreamServerInterceptor(recoverOpts...),
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.Keepalive.MinPingInterval,
 			PermitWithoutStream: cfg.Keepalive.PermitWithoutStream,
@@ -109,6 +154,12 @@ func New(cfg Config) (*Server, error) {
 			Timeout:               cfg.Keepalive.Timeout,
 		}),
 	}
+	if cfg.MaxConcurrentStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.Config())))
+	}
 	if cfg.MaxRecvMsgSize > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize))
 	}
@@ -117,9 +168,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := grpc.NewServer(opts...)
 
-	pooldv1.RegisterHTTPServiceServer(s, pooldv1.UnimplementedHTTPServiceServer{})
-	pooldv1.RegisterPoolServiceServer(s, pooldv1.UnimplementedPoolServiceServer{})
-	pooldv1.RegisterPolicyServiceServer(s, pooldv1.UnimplementedPolicyServiceServer{})
+	if cfg.Engine == nil || cfg.Policies == nil {
+		return nil, errors.New("server: Config.Engine and Config.Policies are required")
+	}
+	pooldv1.RegisterHTTPServiceServer(s, NewHTTPServer(cfg.Engine, HTTPOptions{
+		MaxBodySize: cfg.MaxBodySize,
+		Effective:   cfg.Engine.EffectivePolicy,
+	}))
+	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))
+	pooldv1.RegisterPolicyServiceServer(s, NewPolicyServer(cfg.Policies))
 
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

@@ -21,6 +21,21 @@ type config struct {
 	shutdownGrace  time.Duration
 	maxRecvMsgSize byteSize
 	maxSendMsgSize byteSize
+	maxBodySize    byteSize
+	policyFile     string
+	upstreamCAFile string
+	metricsHosts   int
+
+	adminTokenFile    string
+	clientTokenFile   string
+	tlsCert, tlsKey   string
+	clientCA          string
+	maxInFlight       int
+	maxStreamsPerConn uint
+
+	egressAllow, egressDeny stringList
+	egressDefaultDeny       bool
+	egressPorts             portList
 
 	keepaliveMinTime             time.Duration
 	keepalivePermitWithoutStream bool
@@ -56,6 +71,11 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		shutdownGrace:  15 * time.Second,
 		maxRecvMsgSize: 32 << 20,
 		maxSendMsgSize: 32 << 20,
+		maxBodySize:    16 << 20,
+		metricsHosts:   100,
+		maxInFlight:    4096,
+
+		maxStreamsPerConn: 1000,
 
 		keepaliveMinTime: 10 * time.Second,
 		keepaliveTime:    2 * time.Hour,
@@ -70,6 +90,21 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", cfg.shutdownGrace, "time in-flight RPCs get to finish on SIGTERM before connections are cut")
 	fs.Var(&cfg.maxRecvMsgSize, "max-recv-msg-size", "largest gRPC message accepted, e.g. 32MiB; bounds a Do request body (default 32MiB)")
 	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
+	fs.Var(&cfg.maxBodySize, "max-body-size", "largest upstream response body Do returns; larger ones fail with BODY_TOO_LARGE (use Stream) (default 16MiB)")
+	fs.StringVar(&cfg.policyFile, "policy-file", "", "JSON file the policies are loaded from and every change is saved to (empty = policies live in memory only)")
+	fs.StringVar(&cfg.upstreamCAFile, "upstream-ca-file", "", "PEM file of CA certificates trusted for upstream TLS, in addition to the system roots")
+	fs.IntVar(&cfg.metricsHosts, "metrics-max-hosts", cfg.metricsHosts, "hosts with their own label in pool metrics; the rest are summed under host=\"_other\"")
+	fs.StringVar(&cfg.adminTokenFile, "admin-token-file", "", "file of bearer tokens (one a line) that PoolService and PolicyService require; reread on SIGHUP or change (empty = open)")
+	fs.StringVar(&cfg.clientTokenFile, "client-token-file", "", "file of bearer tokens that HTTPService requires; reread on SIGHUP or change (empty = open)")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key; empty = plaintext)")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&cfg.clientCA, "client-ca", "", "PEM CA that client certificates must chain to (mTLS; needs --tls-cert)")
+	fs.IntVar(&cfg.maxInFlight, "max-in-flight", cfg.maxInFlight, "HTTPService calls running at once across all callers; more fail with RESOURCE_EXHAUSTED")
+	fs.UintVar(&cfg.maxStreamsPerConn, "grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "RPCs in flight on one caller connection")
+	fs.Var(&cfg.egressAllow, "egress-allow", "CIDR, IP, host or *.suffix poold may connect to, even inside a built-in deny (repeatable or comma-separated; e.g. 127.0.0.1/32 for a local upstream — this opens that address to every caller)")
+	fs.Var(&cfg.egressDeny, "egress-deny", "CIDR, IP, host or *.suffix poold must never connect to (repeatable or comma-separated)")
+	fs.BoolVar(&cfg.egressDefaultDeny, "egress-default-deny", false, "allow-list mode: deny every address no --egress-allow rule allows")
+	fs.Var(&cfg.egressPorts, "egress-allowed-ports", "the only upstream ports poold may connect to, comma-separated (empty = any)")
 	fs.DurationVar(&cfg.keepaliveMinTime, "grpc-keepalive-min-time", cfg.keepaliveMinTime, "shortest interval allowed between a caller's keep-alive pings")
 	fs.BoolVar(&cfg.keepalivePermitWithoutStream, "grpc-keepalive-permit-without-stream", false, "allow caller keep-alive pings while no RPC is in flight")
 	fs.DurationVar(&cfg.keepaliveTime, "grpc-keepalive-time", cfg.keepaliveTime, "ping a caller connection after this long without activity")
@@ -113,10 +148,24 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "poold: %v\n", envErr)
 		return nil, envErr
 	}
-	if cfg.shutdownGrace < 0 {
-		msg := fmt.Sprintf("invalid value %q for --shutdown-grace: must not be negative", cfg.shutdownGrace)
-		fmt.Fprintf(stderr, "poold: %s\n", msg)
-		return nil, &usageError{msg: msg}
+	for _, check := range []struct {
+		bad  bool
+		flag string
+		val  any
+		why  string
+	}{
+		{cfg.shutdownGrace < 0, "--shutdown-grace", cfg.shutdownGrace, "must not be negative"},
+		{cfg.metricsHosts < 1, "--metrics-max-hosts", cfg.metricsHosts, "must be at least 1"},
+		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
+		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},
+		{(cfg.tlsCert == "") != (cfg.tlsKey == ""), "--tls-key", cfg.tlsKey, "--tls-cert and --tls-key go together"},
+		{cfg.clientCA != "" && cfg.tlsCert == "", "--client-ca", cfg.clientCA, "needs --tls-cert and --tls-key"},
+	} {
+		if check.bad {
+			msg := fmt.Sprintf("invalid value \"%v\" for %s: %s", check.val, check.flag, check.why)
+			fmt.Fprintf(stderr, "poold: %s\n", msg)
+			return nil, &usageError{msg: msg}
+		}
 	}
 	return cfg, nil
 }
@@ -193,5 +242,44 @@ func (b *byteSize) Set(s string) error {
 		return fmt.Errorf("want a positive size below 2GiB, e.g. 4194304, 512KiB or 32MiB")
 	}
 	*b = byteSize(n * int64(mult))
+	return nil
+}
+
+// stringList is a repeatable flag whose values may also be comma-separated.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
+
+// portList is a comma-separated list of TCP ports.
+type portList []uint16
+
+func (l *portList) String() string {
+	parts := make([]string, len(*l))
+	for i, p := range *l {
+		parts[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *portList) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("port %q is not a number from 1 to 65535", v)
+		}
+		*l = append(*l, uint16(n))
+	}
 	return nil
 }

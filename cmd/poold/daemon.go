@@ -8,6 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/poold/poold/dialer"
+	"github.com/poold/poold/pool"
 	"github.com/poold/poold/server"
 )
 
@@ -27,6 +33,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger := newLogger(cfg, stderr)
 	d, err := newDaemon(cfg, logger)
+	var uerr *usageError
+	if errors.As(err, &uerr) {
+		fmt.Fprintf(stderr, "poold: %v\n", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -44,11 +54,14 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 // daemon owns the listeners and servers of one poold process.
 type daemon struct {
 	cfg     *config
+	engine  *pool.Engine
 	logger  *slog.Logger
 	grpc    *server.Server
 	grpcLis net.Listener
 	httpLis net.Listener
 	http    *http.Server
+
+	tokenFiles []*server.TokenFile // reread on SIGHUP and when they change
 }
 
 // newDaemon builds the servers and opens both listeners, so that a port
@@ -59,11 +72,98 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	tlsConfig, err := dialer.NewTLSConfig(cfg.upstreamCAFile)
+	if err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("--upstream-ca-file: %v", err)}
+	}
+	grpcLis, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", cfg.listen, err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.httpListen)
+	if err != nil {
+		grpcLis.Close()
+		return nil, fmt.Errorf("--http-listen %s: %w", cfg.httpListen, err)
+	}
+	closeListeners := func() {
+		grpcLis.Close()
+		httpLis.Close()
+	}
+	// poold must never be pointed at itself: its own listeners are denied
+	// whatever the rules say.
+	egress, err := dialer.NewEgressRules(dialer.EgressConfig{
+		Allow:        cfg.egressAllow,
+		Deny:         cfg.egressDeny,
+		DefaultDeny:  cfg.egressDefaultDeny,
+		AllowedPorts: cfg.egressPorts,
+		SelfAddrs:    []netip.AddrPort{listenAddrPort(grpcLis), listenAddrPort(httpLis)},
+	})
+	if err != nil {
+		closeListeners()
+		return nil, &usageError{msg: fmt.Sprintf("--egress-allow/--egress-deny: %v", err)}
+	}
+	// Go's own resolver, as in the static binary the container ships, so a
+	// test run and production resolve names the same way.
+	resolver := &net.Resolver{PreferGo: true}
+	engine, err := pool.New(pool.Options{Dialer: &dialer.Dialer{TLSConfig: tlsConfig, Resolver: resolver, Egress: egress}})
+	if err != nil {
+		closeListeners()
+		return nil, err
+	}
+	cleanup := func() {
+		engine.Close()
+		closeListeners()
+	}
+	// The store applies the saved policies to the engine before anything
+	// is served, so no request runs under the built-in defaults by mistake.
+	policies, err := server.OpenPolicyStore(cfg.policyFile, engine.SetPolicies, time.Now)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	registry.MustRegister(server.NewPoolCollector(engine, cfg.metricsHosts))
+	var tokenFiles []*server.TokenFile
+	loadTokens := func(flag, path string) (*server.TokenFile, error) {
+		if path == "" {
+			return nil, nil
+		}
+		f, err := server.LoadTokenFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		tokenFiles = append(tokenFiles, f)
+		return f, nil
+	}
+	adminTokens, err := loadTokens("--admin-token-file", cfg.adminTokenFile)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	clientTokens, err := loadTokens("--client-token-file", cfg.clientTokenFile)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	var listenerTLS *server.ListenerTLS
+	if cfg.tlsCert != "" {
+		if listenerTLS, err = server.NewListenerTLS(cfg.tlsCert, cfg.tlsKey, cfg.clientCA); err != nil {
+			engine.Close()
+			return nil, err
+		}
+	}
 	srv, err := server.New(server.Config{
-		Logger:         logger,
-		Registerer:     registry,
-		MaxRecvMsgSize: int(cfg.maxRecvMsgSize),
-		MaxSendMsgSize: int(cfg.maxSendMsgSize),
+		AdminTokens:          adminTokens,
+		ClientTokens:         clientTokens,
+		TLS:                  listenerTLS,
+		MaxInFlight:          cfg.maxInFlight,
+		MaxConcurrentStreams: uint32(cfg.maxStreamsPerConn),
+		Engine:               engine,
+		Policies:             policies,
+		MaxBodySize:          int64(cfg.maxBodySize),
+		Logger:               logger,
+		Registerer:           registry,
+		MaxRecvMsgSize:       int(cfg.maxRecvMsgSize),
+		MaxSendMsgSize:       int(cfg.maxSendMsgSize),
 		Keepalive: server.Keepalive{
 			MinPingInterval:       cfg.keepaliveMinTime,
 			PermitWithoutStream:   cfg.keepalivePermitWithoutStream,
@@ -75,18 +175,10 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		},
 	})
 	if err != nil {
+		cleanup()
 		return nil, err
 	}
-	grpcLis, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return nil, fmt.Errorf("--listen %s: %w", cfg.listen, err)
-	}
-	httpLis, err := net.Listen("tcp", cfg.httpListen)
-	if err != nil {
-		grpcLis.Close()
-		return nil, fmt.Errorf("--http-listen %s: %w", cfg.httpListen, err)
-	}
-	d := &daemon{cfg: cfg, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis}
+	d := &daemon{cfg: cfg, engine: engine, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis, tokenFiles: tokenFiles}
 	d.http = &http.Server{
 		Handler:           d.httpHandler(registry),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -127,6 +219,16 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
+	reloadDone := make(chan struct{})
+	reloadCtx, stopReload := context.WithCancel(ctx)
+	go func() {
+		defer close(reloadDone)
+		d.reloadTokens(reloadCtx)
+	}()
+	defer func() {
+		stopReload()
+		<-reloadDone
+	}()
 	d.grpc.SetServing()
 	d.logger.Info("poold listening", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String())
 
@@ -140,6 +242,10 @@ func (d *daemon) serve(ctx context.Context) error {
 
 	start := time.Now()
 	d.grpc.Stop(d.cfg.shutdownGrace)
+	// Only now that no RPC can use it does the engine close its conns.
+	if err := d.engine.Close(); err != nil {
+		d.logger.Warn("closing upstream connections", "err", err)
+	}
 	httpCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := d.http.Shutdown(httpCtx); err != nil {
@@ -150,4 +256,41 @@ func (d *daemon) serve(ctx context.Context) error {
 		return fmt.Errorf("serving: %w", serveErr)
 	}
 	return nil
+}
+
+// reloadTokens rereads the token files on SIGHUP, and every two seconds if
+// they changed, until ctx ends. A failed reload keeps the old tokens and is
+// logged: locking every caller out over a typo would be worse.
+func (d *daemon) reloadTokens(ctx context.Context) {
+	if len(d.tokenFiles) == 0 {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		var forced bool
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			forced = true
+		case <-tick.C:
+		}
+		for _, f := range d.tokenFiles {
+			reload := f.ReloadIfChanged
+			if forced {
+				reload = f.Reload
+			}
+			if err := reload(); err != nil {
+				d.logger.Error("reloading tokens; keeping the previous ones", "file", f.Path(), "err", err)
+			}
+		}
+	}
+}
+
+func listenAddrPort(l net.Listener) netip.AddrPort {
+	return l.Addr().(*net.TCPAddr).AddrPort()
 }

@@ -40,7 +40,7 @@ func startDaemon(t *testing.T, args ...string) *testDaemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s"}, args...)
+	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s", "--egress-allow=127.0.0.1/32"}, args...)
 	d := &testDaemon{done: make(chan error, 1), cancel: cancel}
 	go func() {
 		err := run(ctx, args, func(string) string { return "" }, io.Discard, pw)

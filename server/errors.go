@@ -1,0 +1,204 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/textproto"
+	"os"
+	"syscall"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/poold/poold/dialer"
+	"github.com/poold/poold/pool"
+)
+
+// ErrorDomain is the ErrorInfo domain of every error poold returns.
+const ErrorDomain = "poold.dev"
+
+// ErrorInfo reasons. The README's error table lists them with their codes.
+const (
+	ReasonInvalidArgument       = "INVALID_ARGUMENT"
+	ReasonQueueFull             = "QUEUE_FULL"
+	ReasonBodyTooLarge          = "BODY_TOO_LARGE"
+	ReasonDialTimeout           = "DIAL_TIMEOUT"
+	ReasonTLSHandshakeTimeout   = "TLS_HANDSHAKE_TIMEOUT"
+	ReasonResponseHeaderTimeout = "RESPONSE_HEADER_TIMEOUT"
+	ReasonRequestTimeout        = "REQUEST_TIMEOUT"
+	ReasonDNSError              = "DNS_ERROR"
+	ReasonConnectionRefused     = "CONNECTION_REFUSED"
+	ReasonUpstreamReset         = "UPSTREAM_RESET"
+	ReasonUpstreamProtocolError = "UPSTREAM_PROTOCOL_ERROR"
+	ReasonTLSError              = "TLS_ERROR"
+	ReasonProxyError            = "PROXY_ERROR"
+	ReasonEgressDenied          = "EGRESS_DENIED"
+	ReasonCanceled              = "CANCELED"
+	ReasonShuttingDown          = "SHUTTING_DOWN"
+	ReasonUpstreamError         = "UPSTREAM_ERROR"
+)
+
+// errBodyTooLarge reports a response body over the daemon's limit.
+type errBodyTooLarge struct{ limit int64 }
+
+func (e *errBodyTooLarge) Error() string {
+	return fmt.Sprintf("response body exceeds the %d-byte limit; use Stream for large bodies", e.limit)
+}
+
+// statusFromError maps an engine, dialer or context error to a gRPC status
+// carrying an ErrorInfo. It is the one place where poold decides which code
+// a caller sees: UNAVAILABLE when the call can be retried as it is,
+// DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for full queues and
+// limits. The message names the phase and host but never the URL, whose
+// query may hold secrets.
+func statusFromError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code, reason := classify(err)
+	md := map[string]string{}
+	var perr *pool.Error
+	if errors.As(err, &perr) {
+		md["phase"] = string(perr.Phase)
+		md["host"] = perr.Host
+	}
+	var derr *dialer.Error
+	if errors.As(err, &derr) {
+		md["dial_step"] = string(derr.Step)
+		if derr.Addr != "" {
+			md["address"] = derr.Addr
+		}
+	}
+	st, detailErr := status.New(code, err.Error()).WithDetails(&errdetails.ErrorInfo{
+		Reason:   reason,
+		Domain:   ErrorDomain,
+		Metadata: md,
+	})
+	if detailErr != nil {
+		// Only a marshalling bug gets here; the code alone still tells the
+		// caller what happened.
+		slog.Error("attaching ErrorInfo", "err", detailErr)
+		return status.Error(code, err.Error())
+	}
+	return st.Err()
+}
+
+// classify picks the code and reason for err. Order matters: the most
+// specific cause wins (an egress denial is not a dial error to the caller,
+// and a timeout is a timeout whatever broke underneath).
+func classify(err error) (codes.Code, string) {
+	var perr *pool.Error
+	hasPhase := errors.As(err, &perr)
+	var derr *dialer.Error
+	hasStep := errors.As(err, &derr)
+	var tooLarge *errBodyTooLarge
+
+	switch {
+	case errors.As(err, &tooLarge):
+		return codes.ResourceExhausted, ReasonBodyTooLarge
+	case errors.Is(err, pool.ErrQueueFull):
+		return codes.ResourceExhausted, ReasonQueueFull
+	case errors.Is(err, dialer.ErrEgressDenied):
+		return codes.PermissionDenied, ReasonEgressDenied
+	case errors.Is(err, pool.ErrClosed):
+		return codes.Unavailable, ReasonShuttingDown
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled, ReasonCanceled
+	case isTimeout(err):
+		phase := pool.Phase("")
+		if hasPhase {
+			phase = perr.Phase
+		}
+		switch {
+		case phase == pool.PhaseTLS || (hasStep && derr.Step == dialer.StepTLS):
+			return codes.DeadlineExceeded, ReasonTLSHandshakeTimeout
+		case phase == pool.PhaseDial || phase == pool.PhaseProxy || hasStep:
+			return codes.DeadlineExceeded, ReasonDialTimeout
+		case phase == pool.PhaseResponseHeader:
+			return codes.DeadlineExceeded, ReasonResponseHeaderTimeout
+		default:
+			return codes.DeadlineExceeded, ReasonRequestTimeout
+		}
+	}
+
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostnameErr x509.HostnameError
+	var alertErr tls.AlertError
+	var recordErr tls.RecordHeaderError
+	var protoErr *textproto.ProtocolError
+	switch {
+	case errors.As(err, &dnsErr), hasStep && derr.Step == dialer.StepResolve:
+		return codes.Unavailable, ReasonDNSError
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return codes.Unavailable, ReasonConnectionRefused
+	case hasStep && derr.Step == dialer.StepProxy:
+		return codes.Unavailable, ReasonProxyError
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostnameErr),
+		errors.As(err, &alertErr), errors.As(err, &recordErr), hasStep && derr.Step == dialer.StepTLS:
+		return codes.Unavailable, ReasonTLSError
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return codes.Unavailable, ReasonUpstreamReset
+	case errors.As(err, &protoErr), errors.Is(err, pool.ErrProtocol):
+		return codes.Unavailable, ReasonUpstreamProtocolError
+	case hasPhase && (perr.Phase == pool.PhaseResponseHeader || perr.Phase == pool.PhaseBody):
+		// http.ReadResponse reports most malformed heads with plain
+		// errors; by now the connection worked, so the upstream broke the
+		// protocol.
+		return codes.Unavailable, ReasonUpstreamProtocolError
+	}
+	return codes.Unavailable, ReasonUpstreamError
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+// fieldViolation is one BadRequest entry: the field at fault and why.
+type fieldViolation struct {
+	Field, Reason string
+}
+
+// invalidArgument builds an INVALID_ARGUMENT status whose BadRequest names
+// every field at fault, and whose message names the first, so that even a
+// caller that ignores details learns what to fix.
+func invalidArgument(violations ...fieldViolation) error {
+	if len(violations) == 0 {
+		panic("server: internal error: invalidArgument without a violation")
+	}
+	msg := fmt.Sprintf("%s: %s", violations[0].Field, violations[0].Reason)
+	if n := len(violations) - 1; n > 0 {
+		msg += fmt.Sprintf(" (and %d more)", n)
+	}
+	br := &errdetails.BadRequest{}
+	for _, v := range violations {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
+			Field:       v.Field,
+			Description: v.Reason,
+		})
+	}
+	st, err := status.New(codes.InvalidArgument, msg).WithDetails(br, &errdetails.ErrorInfo{
+		Reason: ReasonInvalidArgument,
+		Domain: ErrorDomain,
+	})
+	if err != nil {
+		return status.Error(codes.InvalidArgument, msg)
+	}
+	return st.Err()
+}

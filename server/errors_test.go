@@ -1,0 +1,77 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/poold/poold/dialer"
+	"github.com/poold/poold/pool"
+)
+
+// codeAndReason returns the code and ErrorInfo reason of a gRPC error.
+func codeAndReason(err error) (codes.Code, string) {
+	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return st.Code(), info.GetReason()
+		}
+	}
+	return st.Code(), ""
+}
+
+func TestStatusFromErrorMapsEveryRowOfTheTable(t *testing.T) {
+	timeout := os.ErrDeadlineExceeded
+	tests := []struct {
+		name   string
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{"queue full", &pool.Error{Phase: pool.PhaseQueue, Host: "h:80", Err: pool.ErrQueueFull}, codes.ResourceExhausted, ReasonQueueFull},
+		{"body too large", &errBodyTooLarge{limit: 10}, codes.ResourceExhausted, ReasonBodyTooLarge},
+		{"dial timeout", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepConnect, Err: timeout}}, codes.DeadlineExceeded, ReasonDialTimeout},
+		{"proxy timeout", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: timeout}}, codes.DeadlineExceeded, ReasonDialTimeout},
+		{"tls timeout", &pool.Error{Phase: pool.PhaseTLS, Err: &dialer.Error{Step: dialer.StepTLS, Err: timeout}}, codes.DeadlineExceeded, ReasonTLSHandshakeTimeout},
+		{"response header timeout", &pool.Error{Phase: pool.PhaseResponseHeader, Err: timeout}, codes.DeadlineExceeded, ReasonResponseHeaderTimeout},
+		{"request timeout", &pool.Error{Phase: pool.PhaseRequest, Err: timeout}, codes.DeadlineExceeded, ReasonRequestTimeout},
+		{"caller deadline while queued", &pool.Error{Phase: pool.PhaseQueue, Err: context.DeadlineExceeded}, codes.DeadlineExceeded, ReasonRequestTimeout},
+		{"bare context deadline", context.DeadlineExceeded, codes.DeadlineExceeded, ReasonRequestTimeout},
+		{"dns", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepResolve, Err: &net.DNSError{Err: "no such host", Name: "x.onion", IsNotFound: true}}}, codes.Unavailable, ReasonDNSError},
+		{"refused", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepConnect, Err: &net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}}}, codes.Unavailable, ReasonConnectionRefused},
+		{"reset", &pool.Error{Phase: pool.PhaseBody, Err: &net.OpError{Op: "read", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}}}, codes.Unavailable, ReasonUpstreamReset},
+		{"truncated body", &pool.Error{Phase: pool.PhaseBody, Err: io.ErrUnexpectedEOF}, codes.Unavailable, ReasonUpstreamReset},
+		{"malformed head", &pool.Error{Phase: pool.PhaseResponseHeader, Err: fmt.Errorf("%w: bad status line", pool.ErrProtocol)}, codes.Unavailable, ReasonUpstreamProtocolError},
+		{"proxy refused", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: errors.New("proxy answered 407")}}, codes.Unavailable, ReasonProxyError},
+		{"untrusted certificate", &pool.Error{Phase: pool.PhaseTLS, Err: &dialer.Error{Step: dialer.StepTLS, Err: x509.UnknownAuthorityError{}}}, codes.Unavailable, ReasonTLSError},
+		{"egress denied", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepEgress, Err: dialer.ErrEgressDenied}}, codes.PermissionDenied, ReasonEgressDenied},
+		{"engine closed", pool.ErrClosed, codes.Unavailable, ReasonShuttingDown},
+		{"caller cancel", &pool.Error{Phase: pool.PhaseResponseHeader, Err: context.Canceled}, codes.Canceled, ReasonCanceled},
+		{"anything else", errors.New("something odd"), codes.Unavailable, ReasonUpstreamError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, reason := codeAndReason(statusFromError(tt.err))
+			if code != tt.code || reason != tt.reason {
+				t.Errorf("statusFromError(%v) = %v %s, want %v %s", tt.err, code, reason, tt.code, tt.reason)
+			}
+		})
+	}
+}
+
+func TestStatusFromErrorKeepsAStatusAsItIs(t *testing.T) {
+	in := status.Error(codes.NotFound, "no such policy")
+	if got := statusFromError(in); got != in {
+		t.Errorf("statusFromError rewrote %v into %v", in, got)
+	}
+}

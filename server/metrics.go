@@ -1,0 +1,127 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/poold/poold/pool"
+)
+
+// OtherHosts is the host label under which hosts beyond the metrics cap are
+// summed, so that a caller sending requests to many hosts cannot blow up the
+// metrics' cardinality.
+const OtherHosts = "_other"
+
+// PoolCollector exports the engine's per-host gauges and counters to
+// Prometheus. The engine keeps the counters as events happen; a scrape only
+// copies a snapshot of them.
+type PoolCollector struct {
+	engine   *pool.Engine
+	maxHosts int
+
+	active, idle, dialing, pending *prometheus.Desc
+	requests, dials, dialErrors    *prometheus.Desc
+	reused, retries, overflows     *prometheus.Desc
+	errors, closed, timeouts       *prometheus.Desc
+}
+
+// NewPoolCollector exports engine's pools with at most maxHosts distinct host
+// labels (in key order); the rest are summed under host="_other". maxHosts <=
+// 0 means 100.
+func NewPoolCollector(engine *pool.Engine, maxHosts int) *PoolCollector {
+	if maxHosts <= 0 {
+		maxHosts = 100
+	}
+	host := []string{"host"}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("poold_pool_"+name, help, append(host, labels...), nil)
+	}
+	return &PoolCollector{
+		engine:     engine,
+		maxHosts:   maxHosts,
+		active:     desc("active_connections", "Connections serving a request."),
+		idle:       desc("idle_connections", "Connections open and waiting for a request."),
+		dialing:    desc("dialing_connections", "Connections being dialed."),
+		pending:    desc("pending_requests", "Requests waiting for a connection."),
+		requests:   desc("requests_total", "Requests started."),
+		dials:      desc("dials_total", "Dials started."),
+		dialErrors: desc("dial_errors_total", "Dials that failed."),
+		reused:     desc("reused_total", "Requests served on a reused connection."),
+		retries:    desc("retries_total", "Idempotent requests retried after a reused connection failed."),
+		overflows:  desc("queue_overflows_total", "Requests refused because the wait queue was full."),
+		errors:     desc("errors_total", "Requests that failed."),
+		closed:     desc("closed_total", "Connections closed, by reason.", "reason"),
+		timeouts:   desc("timeouts_total", "Requests that timed out, by phase.", "phase"),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.active, c.idle, c.dialing, c.pending, c.requests, c.dials,
+		c.dialErrors, c.reused, c.retries, c.overflows, c.errors, c.closed, c.timeouts} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
+	hosts := c.engine.Hosts()
+	if len(hosts) > c.maxHosts {
+		other := pool.HostStats{Key: OtherHosts}
+		for _, h := range hosts[c.maxHosts:] {
+			addHostStats(&other, h)
+		}
+		hosts = append(hosts[:c.maxHosts:c.maxHosts], other)
+	}
+	for _, h := range hosts {
+		gauge := func(d *prometheus.Desc, v int) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), h.Key)
+		}
+		counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{h.Key}, labels...)...)
+		}
+		gauge(c.active, h.Active)
+		gauge(c.idle, h.Idle)
+		gauge(c.dialing, h.Dialing)
+		gauge(c.pending, h.Pending)
+		k := h.Counters
+		counter(c.requests, k.Requests)
+		counter(c.dials, k.Dials)
+		counter(c.dialErrors, k.DialErrors)
+		counter(c.reused, k.Reused)
+		counter(c.retries, k.Retries)
+		counter(c.overflows, k.QueueOverflows)
+		counter(c.errors, k.Errors)
+		for reason, n := range k.Closed {
+			counter(c.closed, n, string(reason))
+		}
+		for phase, n := range k.TimeoutsByPhase {
+			counter(c.timeouts, n, string(phase))
+		}
+	}
+}
+
+func addHostStats(sum *pool.HostStats, h pool.HostStats) {
+	sum.Active += h.Active
+	sum.Idle += h.Idle
+	sum.Dialing += h.Dialing
+	sum.Pending += h.Pending
+	s, k := &sum.Counters, h.Counters
+	s.Requests += k.Requests
+	s.Dials += k.Dials
+	s.DialErrors += k.DialErrors
+	s.Reused += k.Reused
+	s.Retries += k.Retries
+	s.QueueOverflows += k.QueueOverflows
+	s.Timeouts += k.Timeouts
+	s.Errors += k.Errors
+	if s.Closed == nil {
+		s.Closed = map[pool.CloseReason]uint64{}
+		s.TimeoutsByPhase = map[pool.Phase]uint64{}
+	}
+	for r, n := range k.Closed {
+		s.Closed[r] += n
+	}
+	for p, n := range k.TimeoutsByPhase {
+		s.TimeoutsByPhase[p] += n
+	}
+}
