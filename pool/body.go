@@ -129,7 +129,7 @@ func (x *exchange) bodyError(err error) error {
 	case x.hp.e.isClosed.Load():
 		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: joinClosed(err)}
 	}
-	return &Error{Phase: PhaseBody, Host: x.hp.key, Err: err}
+	return &Error{Phase: PhaseBody, Host: x.hp.key, Err: protocolError(err)}
 }
 
 func (x *exchange) interrupted() CloseReason {

@@ -89,11 +89,13 @@ func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig) {
 	c.rd.c, c.wr.c = c, c
 }
 
-// closeNow closes the socket once; the pool has already accounted for it.
+// closeNow closes the socket once; the pool accounts for it separately.
+// A close error has nobody to go to: the pool is done with the conn either
+// way, and the kernel releases the socket.
 func (c *conn) closeNow() {
 	c.closeOnce.Do(func() {
 		if c.nc != nil {
-			c.nc.Close()
+			_ = c.nc.Close()
 		}
 	})
 }
@@ -155,10 +157,14 @@ const tlsProbeWait = 5 * time.Millisecond
 // fine (a read timeout does not poison a tls.Conn).
 func (c *conn) probeTLS() (CloseReason, bool) {
 	var b [1]byte
-	c.nc.SetReadDeadline(time.Now().Add(tlsProbeWait))
+	if err := c.nc.SetReadDeadline(time.Now().Add(tlsProbeWait)); err != nil {
+		return CloseError, false
+	}
 	n, err := c.nc.Read(b[:])
 	if n == 0 && isTimeout(err) {
-		c.nc.SetReadDeadline(time.Time{})
+		if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+			return CloseError, false
+		}
 		return "", true
 	}
 	if n > 0 {

@@ -12,7 +12,19 @@ func (x *exchange) interrupt(reason CloseReason) {
 		return
 	}
 	x.ixReason = reason
-	c.nc.SetDeadline(aLongTimeAgo)
+	x.deadlineLocked(c.nc.SetDeadline, aLongTimeAgo)
+}
+
+// deadlineLocked applies a deadline. A socket that refuses one is broken,
+// and closing it is then the only way to keep I/O from blocking without
+// bound. c.ixMu is held.
+func (x *exchange) deadlineLocked(set func(time.Time) error, t time.Time) {
+	if err := set(t); err != nil {
+		if x.ixReason == "" {
+			x.ixReason = CloseError
+		}
+		x.c.closeNow()
+	}
 }
 
 // setHeadDeadline sets the read deadline while the head is awaited,
@@ -22,7 +34,7 @@ func (x *exchange) setHeadDeadline(t time.Time) {
 	c.ixMu.Lock()
 	defer c.ixMu.Unlock()
 	if c.owner == x && x.ixReason == "" && !x.headDone {
-		c.nc.SetReadDeadline(t)
+		x.deadlineLocked(c.nc.SetReadDeadline, t)
 	}
 }
 
@@ -41,7 +53,7 @@ func (x *exchange) headRead() {
 	defer c.ixMu.Unlock()
 	x.headDone = true
 	if c.owner == x && x.ixReason == "" {
-		c.nc.SetReadDeadline(time.Time{})
+		x.deadlineLocked(c.nc.SetReadDeadline, time.Time{})
 	}
 }
 
@@ -54,6 +66,6 @@ func (x *exchange) setBodyDeadline(t time.Time) bool {
 	if c.owner != x || x.ixReason != "" {
 		return false
 	}
-	c.nc.SetReadDeadline(t)
-	return true
+	x.deadlineLocked(c.nc.SetReadDeadline, t)
+	return x.ixReason == ""
 }

@@ -6,6 +6,8 @@ import (
 	"github.com/poold/poold/dialer"
 )
 
+// canDialLocked reports whether MaxConnsPerHost leaves room for one more
+// conn, dials in flight counted.
 func (hp *hostPool) canDialLocked() bool {
 	max := int(hp.eff.MaxConnsPerHost)
 	return !hp.closed && (max == 0 || hp.active+len(hp.idle)+hp.dialing < max)
@@ -68,6 +70,7 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 		delete(hp.conns, c)
 		c.state = ConnClosing
 		hp.stats.closed[reasonIndex(CloseShutdown)].Add(1)
+		hp.e.emit(hp, EventClosed, c.id, CloseShutdown, "")
 		hp.mu.Unlock()
 		c.closeNow()
 		return
@@ -84,6 +87,8 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	hp.e.evictIdle()
 }
 
+// dialFailed hands the error to w, if it still waits, and the freed slot
+// to the next waiter.
 func (hp *hostPool) dialFailed(c *conn, w *wantConn, err error) {
 	if hp.e.ctx.Err() != nil {
 		err = joinClosed(err)

@@ -171,9 +171,12 @@ func checkRequest(req *http.Request) error {
 	return nil
 }
 
+// closeRequestBody closes a request body the engine will not send, as a
+// RoundTripper must. Its error is the caller's body's business and would
+// only hide the error that made the request fail.
 func closeRequestBody(req *http.Request) {
 	if req.Body != nil {
-		req.Body.Close()
+		_ = req.Body.Close()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"syscall"
 
@@ -80,13 +81,29 @@ var ErrRequestTimeout error = &deadlineError{msg: "pool: request timeout"}
 // as given (no URL, unsupported scheme, a header that would break framing).
 var ErrInvalidRequest = errors.New("pool: invalid request")
 
+// ErrProtocol is wrapped into errors for responses that break HTTP/1.1:
+// a malformed head or chunked body, a head over MaxResponseHeaderBytes,
+// endless 1xx responses. The upstream answered, but not in HTTP.
+var ErrProtocol = errors.New("pool: malformed upstream response")
+
 var (
-	errServerClosed    = errors.New("server closed the connection before responding")
-	errHeaderTooLarge  = errors.New("response header exceeds max_response_header_bytes")
-	errTooMany1xx      = errors.New("too many 1xx informational responses")
-	errWriteIncomplete = errors.New("request body was still being written when the response arrived")
-	errSkipBody        = errors.New("request body not sent: the server answered without 100 Continue")
+	errServerClosed   = errors.New("server closed the connection before responding")
+	errHeaderTooLarge = fmt.Errorf("%w: head exceeds max_response_header_bytes", ErrProtocol)
+	errTooMany1xx     = fmt.Errorf("%w: too many 1xx informational responses", ErrProtocol)
+	errSkipBody       = errors.New("request body not sent: the server answered without 100 Continue")
 )
+
+// protocolError marks err as the upstream breaking the protocol, unless
+// it is the connection failing or a deadline, which say nothing about
+// what the upstream sent.
+func protocolError(err error) error {
+	var ne net.Error
+	if errors.Is(err, ErrProtocol) || isConnReset(err) || isTimeout(err) ||
+		errors.Is(err, net.ErrClosed) || errors.As(err, &ne) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrProtocol, err)
+}
 
 // deadlineError is a timeout that matches both os.ErrDeadlineExceeded (what
 // net reports) and context.DeadlineExceeded (what contexts report), so one
@@ -157,6 +174,3 @@ func isConnReset(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, syscall.ECONNABORTED)
 }
-
-// ErrProtocol (scratch stub).
-var ErrProtocol = errors.New("pool: malformed upstream response")

@@ -241,7 +241,7 @@ func (x *exchange) reuseBlocker(resp *http.Response) CloseReason {
 	case x.req.Close || headerHasToken(x.req.Header, "Connection", "close"):
 		return CloseUnusable
 	case !x.wrote:
-		return CloseUnusable // errWriteIncomplete: the rest of the body is in flight
+		return CloseUnusable // the response beat the body: the rest of it is in flight
 	case x.writeErr != nil:
 		return CloseUnusable // the body failed or was withheld
 	}
@@ -304,6 +304,8 @@ func (x *exchange) fail(err error) (*http.Response, bool, error) {
 		retryable = x.reused
 	case !x.gotByte && !isTimeout(err):
 		retryable = x.reused
+	default:
+		cause = protocolError(err)
 	}
 	c.returnBuffers(x.wrote)
 	x.hp.release(c, reason)
@@ -332,8 +334,11 @@ func (x *exchange) finish(reason CloseReason) {
 		reason = CloseUnusable
 	}
 	if reason == "" {
-		c.nc.SetDeadline(time.Time{})
-	} else {
+		if err := c.nc.SetDeadline(time.Time{}); err != nil {
+			reason = CloseError // a socket that refuses deadlines is broken
+		}
+	}
+	if reason != "" {
 		c.closeNow()
 		if !x.wrote {
 			closeRequestBody(x.req)
@@ -353,7 +358,9 @@ func (x *exchange) upgrade(resp *http.Response) *http.Response {
 	c.ixMu.Lock()
 	c.owner = nil
 	c.ixMu.Unlock()
-	c.nc.SetDeadline(time.Time{})
+	// The caller owns the conn now, deadlines included; a failure to
+	// clear ours shows on the caller's first read or write.
+	_ = c.nc.SetDeadline(time.Time{})
 	ub := &upgradedBody{conn: c.nc}
 	if c.br.Buffered() > 0 {
 		ub.br = c.br // keeps the bytes read past the head; not returned to the pool

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"time"
 )
 
 // wantConn is one request's claim on a connection. The request may have a
@@ -11,9 +10,8 @@ import (
 // and the loser goes back to the pool ("late binding"). Every field but
 // ready and ctx is guarded by the host pool's mu.
 type wantConn struct {
-	ctx      context.Context // the caller's, for the values a dial may use
-	ready    chan struct{}   // closed once c or err is set
-	queuedAt time.Time
+	ctx   context.Context // the caller's, for the values a dial may use
+	ready chan struct{}   // closed once c or err is set
 
 	done    bool  // delivered or abandoned; set once
 	c       *conn // the delivered conn, if any
@@ -25,7 +23,7 @@ type wantConn struct {
 }
 
 func newWantConn(ctx context.Context) *wantConn {
-	return &wantConn{ctx: ctx, ready: make(chan struct{}), queuedAt: time.Now()}
+	return &wantConn{ctx: ctx, ready: make(chan struct{})}
 }
 
 // wantQueue is a FIFO of waiting requests with O(1) removal, so a request

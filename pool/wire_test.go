@@ -44,7 +44,7 @@ func TestAResponseHeadOverTheLimitFails(t *testing.T) {
 	})
 	e := newTestEngine(t, Options{}, func(p *Policy) { p.MaxResponseHeaderBytes = ptr(uint32(1024)) })
 	_, err := do(e, newRequest(t, context.Background(), "GET", u.URL, ""))
-	if pe := poolError(t, err, PhaseResponseHeader); !errors.Is(pe, errHeaderTooLarge) {
+	if pe := poolError(t, err, PhaseResponseHeader); !errors.Is(pe, errHeaderTooLarge) || !errors.Is(pe, ErrProtocol) {
 		t.Errorf("error %v", err)
 	}
 }
@@ -222,5 +222,31 @@ func TestAResponseThatArrivesWhileTheBodyIsStillBeingWrittenEndsTheConn(t *testi
 	}
 	if again := mustGet(t, e, u.URL+"/plain"); again.timing.Reused {
 		t.Error("the conn with a half-written body was reused")
+	}
+}
+
+func TestResponsesThatBreakHTTPAreProtocolErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		raw   string
+		phase Phase
+	}{
+		{"garbage status line", "HTTP/1.1 two hundred OK\r\n\r\n", PhaseResponseHeader},
+		{"header line without a colon", "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", PhaseResponseHeader},
+		{"bad chunk size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", PhaseBody},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+				s.write(tt.raw)
+				<-s.u.done
+				return false
+			})
+			e := newTestEngine(t, Options{})
+			_, err := do(e, newRequest(t, context.Background(), "GET", u.URL, ""))
+			if pe := poolError(t, err, tt.phase); !errors.Is(pe, ErrProtocol) {
+				t.Errorf("error %v does not wrap ErrProtocol", err)
+			}
+		})
 	}
 }
