@@ -1,0 +1,118 @@
+package server
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/poold/poold/pool"
+)
+
+// gatherPoolMetric returns metric family name's samples as label set →
+// value, the labels joined as "host" or "host|reason".
+func gatherPoolMetric(t *testing.T, reg *prometheus.Registry, name string) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			key := ""
+			for i, l := range m.GetLabel() {
+				if i > 0 {
+					key += "|"
+				}
+				key += l.GetValue()
+			}
+			out[key] = metricValue(m)
+		}
+	}
+	return out
+}
+
+func metricValue(m *dto.Metric) float64 {
+	if c := m.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return m.GetGauge().GetValue()
+}
+
+func TestPoolMetricsFollowTheEngineAndCapHostLabels(t *testing.T) {
+	var upstreams []*httptest.Server
+	for range 3 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+		defer srv.Close()
+		upstreams = append(upstreams, srv)
+	}
+	engine, err := pool.New(pool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer engine.Close()
+	client := &http.Client{Transport: engine}
+	// Two requests to each upstream: the second reuses the first's conn.
+	for _, u := range upstreams {
+		for range 2 {
+			resp, err := client.Get(u.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewPoolCollector(engine, 2))
+
+	requests := gatherPoolMetric(t, reg, "poold_pool_requests_total")
+	var hosts []string
+	for h := range requests {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	if len(hosts) != 3 || !slices.Contains(hosts, OtherHosts) {
+		t.Fatalf("host labels = %v, want two hosts and %q", hosts, OtherHosts)
+	}
+	for h, v := range requests {
+		if v != 2 {
+			t.Errorf("requests_total{host=%q} = %v, want 2", h, v)
+		}
+	}
+	if got := gatherPoolMetric(t, reg, "poold_pool_reused_total"); len(got) != 3 || got[OtherHosts] != 1 {
+		t.Errorf("reused_total = %v, want 1 per host", got)
+	}
+	idle := gatherPoolMetric(t, reg, "poold_pool_idle_connections")
+	total := 0.0
+	for _, v := range idle {
+		total += v
+	}
+	if total != 3 {
+		t.Errorf("idle_connections = %v, want 3 in all", idle)
+	}
+
+	engine.CloseIdle("")
+	closed := gatherPoolMetric(t, reg, "poold_pool_closed_total")
+	var n float64
+	for labels, v := range closed {
+		n += v
+		if _, reason, _ := strings.Cut(labels, "|"); reason == "" {
+			t.Errorf("closed_total sample %q has no reason label", labels)
+		}
+	}
+	if n != 3 {
+		t.Errorf("closed_total = %v, want 3 closes after CloseIdle", closed)
+	}
+}
