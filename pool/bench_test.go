@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,8 +144,8 @@ func BenchmarkParallelGET(b *testing.B) {
 }
 
 // BenchmarkIdleConns opens 10,000 connections at once, lets them go idle,
-// and reports what each idle connection costs the client: heap bytes and
-// goroutines.
+// and reports what each idle connection costs the client: bytes of heap and
+// goroutine stacks, and goroutines.
 func BenchmarkIdleConns(b *testing.B) {
 	const conns = 10000
 	addr := startUpstreamProcess(b)
@@ -175,7 +176,10 @@ func BenchmarkIdleConns(b *testing.B) {
 					b.Fatalf("%d of %d requests failed", n, conns)
 				}
 				heap1, g1 := heapAndGoroutines()
-				b.ReportMetric(float64(heap1-heap0)/conns, "heap-B/idle-conn")
+				if path := os.Getenv("POOLD_IDLE_HEAP_PROFILE"); path != "" && name == "engine=poold" {
+					writeHeapProfile(b, path)
+				}
+				b.ReportMetric(float64(heap1-heap0)/conns, "B/idle-conn")
 				b.ReportMetric(float64(g1-g0)/conns, "goroutines/idle-conn")
 				if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
 					c.CloseIdleConnections()
@@ -204,5 +208,46 @@ func heapAndGoroutines() (int64, int) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return int64(ms.HeapAlloc), runtime.NumGoroutine()
+	// Stacks count: an idle connection's goroutines are memory too.
+	return int64(ms.HeapAlloc + ms.StackInuse), runtime.NumGoroutine()
+}
+
+// writeHeapProfile records what is live while the idle conns are held, to
+// see what an idle conn costs.
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkWireFormatFloor measures what net/http's wire code alone costs
+// per request: (*http.Request).Write plus http.ReadResponse of a response
+// like the upstream's, and reading its 100-byte body. The engine uses
+// exactly these, so its allocations per request cannot go below this.
+func BenchmarkWireFormatFloor(b *testing.B) {
+	raw := "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\n\r\n" + strings.Repeat("x", 100)
+	req, _ := http.NewRequest("GET", "http://127.0.0.1:8080/100", nil)
+	src := strings.NewReader(raw)
+	br := bufio.NewReader(src)
+	bw := bufio.NewWriter(io.Discard)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := req.Write(bw); err != nil {
+			b.Fatal(err)
+		}
+		bw.Flush()
+		src.Reset(raw)
+		br.Reset(src)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 }
