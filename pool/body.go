@@ -105,6 +105,13 @@ func (b *body) Close() error {
 	b.done, b.err = true, http.ErrBodyReadAfterClose
 	b.mu.Unlock()
 	reason := b.reason
+	if reason == "" && b.x.ctx.Err() != nil {
+		// The caller gave up; the context watcher may not have fired yet.
+		// A drain could still save the conn, but a cancelled exchange
+		// never goes back to the pool: whatever the upstream sends next
+		// belongs to a request nobody reads.
+		reason = CloseCanceled
+	}
 	if reason == "" && !b.drain() {
 		reason = CloseUnusable
 	}
