@@ -7,10 +7,16 @@ import (
 )
 
 // canDialLocked reports whether MaxConnsPerHost leaves room for one more
-// conn, dials in flight counted.
+// conn, dials in flight counted, and the engine's dial cap for one more dial.
 func (hp *hostPool) canDialLocked() bool {
+	return !hp.closed && hp.dialing < hp.e.maxDials && !hp.atConnLimitLocked()
+}
+
+// atConnLimitLocked reports whether the host holds MaxConnsPerHost conns,
+// dials in flight counted.
+func (hp *hostPool) atConnLimitLocked() bool {
 	max := int(hp.eff.MaxConnsPerHost)
-	return !hp.closed && (max == 0 || hp.active+len(hp.idle)+hp.dialing < max)
+	return max > 0 && hp.active+len(hp.idle)+hp.dialing >= max
 }
 
 // startDialLocked dials on behalf of w in a goroutine owned by the engine.
@@ -82,6 +88,8 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	if !hp.deliverLocked(w, c, nil) {
 		victims = hp.handOffLocked(c)
 	}
+	// The dial slot this one held may be what a waiter was missing.
+	hp.dialForWaitersLocked()
 	hp.mu.Unlock()
 	closeConns(victims)
 	hp.e.evictIdle()

@@ -35,6 +35,12 @@ type Options struct {
 	// SweepInterval is how often idle and over-age connections are
 	// looked for. 0 means 1s.
 	SweepInterval time.Duration
+	// MaxDialsPerHost caps dials in flight per host, whatever
+	// MaxConnsPerHost allows. Dials outlive the requests that started them
+	// (the conn serves the next one), so without a cap a flood of requests
+	// that give up at once would leave a pile of dials behind. Requests
+	// over the cap wait for a dial or a conn like any other. 0 means 64.
+	MaxDialsPerHost int
 }
 
 // Engine is the connection pool: an http.RoundTripper keeping one pool of
@@ -47,6 +53,7 @@ type Engine struct {
 	now         func() time.Time
 	eventBuffer int
 	sweep       time.Duration
+	maxDials    int
 
 	snap  atomic.Pointer[policySnapshot] // the policy in force; replaced whole
 	setMu sync.Mutex                     // serialises SetPolicies so snapshots apply in order
@@ -93,6 +100,7 @@ func New(opts Options) (*Engine, error) {
 		now:         opts.Now,
 		eventBuffer: opts.EventBuffer,
 		sweep:       opts.SweepInterval,
+		maxDials:    opts.MaxDialsPerHost,
 		hosts:       make(map[string]*hostPool),
 	}
 	if e.dialer == nil {
@@ -113,6 +121,9 @@ func New(opts Options) (*Engine, error) {
 	}
 	if e.sweep <= 0 {
 		e.sweep = time.Second
+	}
+	if e.maxDials <= 0 {
+		e.maxDials = 64
 	}
 	e.idle.l.Init()
 	e.snap.Store(newSnapshot(opts.Policies.Clone()))

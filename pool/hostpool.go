@@ -106,6 +106,13 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 		case hp.canDialLocked():
 			hp.startDialLocked(w)
 			hp.enqueueLocked(w)
+		case !hp.closed && !hp.atConnLimitLocked():
+			// Only the dial cap holds this request back: a dial slot frees
+			// within the dial timeout, and MaxPendingRequests bounds waiting
+			// for a full host, not for a slot. The caller's deadline and the
+			// daemon's in-flight cap still bound it.
+			hp.enqueueLocked(w)
+			hp.e.emit(hp, EventQueued, 0, "", "waiting for a dial slot")
 		case hp.waitingNoDial >= int(hp.eff.MaxPendingRequests):
 			hp.mu.Unlock()
 			closeConns(victims)

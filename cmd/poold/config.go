@@ -31,6 +31,7 @@ type config struct {
 	tlsCert, tlsKey   string
 	clientCA          string
 	maxInFlight       int
+	maxDialsPerHost   int
 	maxStreamsPerConn uint
 
 	egressAllow, egressDeny stringList
@@ -65,15 +66,16 @@ func envName(flagName string) string {
 // in a container whose environment is fixed.
 func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (*config, error) {
 	cfg := &config{
-		listen:         ":7070",
-		httpListen:     ":9090",
-		logFormat:      "text",
-		shutdownGrace:  15 * time.Second,
-		maxRecvMsgSize: 32 << 20,
-		maxSendMsgSize: 32 << 20,
-		maxBodySize:    16 << 20,
-		metricsHosts:   100,
-		maxInFlight:    4096,
+		listen:          ":7070",
+		httpListen:      ":9090",
+		logFormat:       "text",
+		shutdownGrace:   15 * time.Second,
+		maxRecvMsgSize:  32 << 20,
+		maxSendMsgSize:  32 << 20,
+		maxBodySize:     16 << 20,
+		metricsHosts:    100,
+		maxInFlight:     4096,
+		maxDialsPerHost: 64,
 
 		maxStreamsPerConn: 1000,
 
@@ -100,6 +102,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&cfg.clientCA, "client-ca", "", "PEM CA that client certificates must chain to (mTLS; needs --tls-cert)")
 	fs.IntVar(&cfg.maxInFlight, "max-in-flight", cfg.maxInFlight, "HTTPService calls running at once across all callers; more fail with RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.maxDialsPerHost, "max-dials-per-host", cfg.maxDialsPerHost, "dials in flight per upstream host; requests over it wait for a dial or a connection")
 	fs.UintVar(&cfg.maxStreamsPerConn, "grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "RPCs in flight on one caller connection")
 	fs.Var(&cfg.egressAllow, "egress-allow", "CIDR, IP, host or *.suffix poold may connect to, even inside a built-in deny (repeatable or comma-separated; e.g. 127.0.0.1/32 for a local upstream — this opens that address to every caller)")
 	fs.Var(&cfg.egressDeny, "egress-deny", "CIDR, IP, host or *.suffix poold must never connect to (repeatable or comma-separated)")
@@ -157,6 +160,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.shutdownGrace < 0, "--shutdown-grace", cfg.shutdownGrace, "must not be negative"},
 		{cfg.metricsHosts < 1, "--metrics-max-hosts", cfg.metricsHosts, "must be at least 1"},
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
+		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},
 		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},
 		{(cfg.tlsCert == "") != (cfg.tlsKey == ""), "--tls-key", cfg.tlsKey, "--tls-cert and --tls-key go together"},
 		{cfg.clientCA != "" && cfg.tlsCert == "", "--client-ca", cfg.clientCA, "needs --tls-cert and --tls-key"},

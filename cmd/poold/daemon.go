@@ -105,7 +105,10 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	// Go's own resolver, as in the static binary the container ships, so a
 	// test run and production resolve names the same way.
 	resolver := &net.Resolver{PreferGo: true}
-	engine, err := pool.New(pool.Options{Dialer: &dialer.Dialer{TLSConfig: tlsConfig, Resolver: resolver, Egress: egress}})
+	engine, err := pool.New(pool.Options{
+		Dialer:          &dialer.Dialer{TLSConfig: tlsConfig, Resolver: resolver, Egress: egress},
+		MaxDialsPerHost: cfg.maxDialsPerHost,
+	})
 	if err != nil {
 		closeListeners()
 		return nil, err
