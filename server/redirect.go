@@ -12,10 +12,10 @@ import (
 // worth reading: the engine closes the connection instead.
 const redirectDrainLimit = 64 << 10
 
-// sendFollowingRedirects sends req through rt, following up to maxRedirects redirects,
-// and returns the final response with the number of redirects followed.
-// Every hop goes through rt, so each one gets its own checkout, policy and
-// egress check.
+// sendFollowingRedirects sends req through rt, following up to
+// maxRedirects redirects, and returns the final response with the number of
+// redirects followed. Every hop goes through rt, so each one gets its own
+// checkout, policy and egress check.
 //
 // A redirect is followed for 301, 302, 303, 307 and 308 with a Location.
 // The response is returned as it is, without following, when the limit is
