@@ -38,22 +38,33 @@ func TestBenchUpstreamProcess(t *testing.T) {
 	}
 	small := strings.Repeat("x", 100)
 	large := strings.Repeat("y", 16<<10)
-	var held atomic.Int64
-	release := make(chan struct{})
-	var once sync.Once
+	// /hold/ROUND/N answers once N requests of that round are held at
+	// once, so N connections are open together; they all go idle after.
+	type barrier struct {
+		held    int
+		release chan struct{}
+	}
+	var mu sync.Mutex
+	rounds := map[string]*barrier{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/100", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, small) })
 	mux.HandleFunc("/16k", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, large) })
-	// /hold/N answers once N requests are held at once, so N connections
-	// are open together; they all go idle afterwards.
 	mux.HandleFunc("/hold/", func(w http.ResponseWriter, r *http.Request) {
-		var n int64
-		fmt.Sscan(strings.TrimPrefix(r.URL.Path, "/hold/"), &n)
-		if held.Add(1) >= n {
-			once.Do(func() { close(release) })
+		round, count, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/hold/"), "/")
+		var n int
+		fmt.Sscan(count, &n)
+		mu.Lock()
+		bar := rounds[round]
+		if bar == nil {
+			bar = &barrier{release: make(chan struct{})}
+			rounds[round] = bar
 		}
+		if bar.held++; bar.held == n {
+			close(bar.release)
+		}
+		mu.Unlock()
 		select {
-		case <-release:
+		case <-bar.release:
 		case <-time.After(30 * time.Second):
 		}
 		io.WriteString(w, "ok")
@@ -94,27 +105,40 @@ func startUpstreamProcess(b *testing.B) string {
 	return strings.TrimSpace(line)
 }
 
-// transports returns the two contenders, configured alike: plenty of idle
-// connections per host, no connection limit.
-func transports(b *testing.B, idlePerHost uint32) map[string]http.RoundTripper {
+// newTransport returns one of the two contenders, configured alike: plenty
+// of idle connections per host, no connection limit. The returned func
+// closes it; nothing else keeps it alive, so memory measured after it is
+// closed does not count it.
+func newTransport(b *testing.B, name string, idlePerHost uint32) (http.RoundTripper, func()) {
 	b.Helper()
+	switch name {
+	case "engine=poold":
+		policy := benchPolicy(idlePerHost)
+		engine, err := pool.New(pool.Options{Policies: pool.PolicySet{Default: policy}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return engine, func() { engine.Close() }
+	case "engine=net-http":
+		std := &http.Transport{
+			MaxIdleConnsPerHost: int(idlePerHost),
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true, // the engine does not negotiate gzip either
+		}
+		return std, std.CloseIdleConnections
+	}
+	b.Fatalf("unknown transport %q", name)
+	return nil, nil
+}
+
+// benchPolicy is the built-in policy with room for idlePerHost
+// idle conns per host and no global idle limit.
+func benchPolicy(idlePerHost uint32) pool.Policy {
 	policy := pool.DefaultPolicy()
 	policy.MaxIdleConnsPerHost = &idlePerHost
 	unlimited := uint32(0)
 	policy.MaxIdleConns = &unlimited
-	engine, err := pool.New(pool.Options{Policies: pool.PolicySet{Default: policy}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { engine.Close() })
-	std := &http.Transport{
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: int(idlePerHost),
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // the engine does not negotiate gzip either
-	}
-	b.Cleanup(std.CloseIdleConnections)
-	return map[string]http.RoundTripper{"engine=poold": engine, "engine=net-http": std}
+	return policy
 }
 
 func BenchmarkParallelGET(b *testing.B) {
@@ -122,7 +146,8 @@ func BenchmarkParallelGET(b *testing.B) {
 	for _, size := range []struct{ name, path string }{{"body=100B", "/100"}, {"body=16KiB", "/16k"}} {
 		for _, name := range []string{"engine=poold", "engine=net-http"} {
 			b.Run(size.name+"/"+name, func(b *testing.B) {
-				rt := transports(b, 256)[name]
+				rt, closeRT := newTransport(b, name, 256)
+				defer closeRT()
 				url := "http://" + addr + size.path
 				b.ReportAllocs()
 				b.ResetTimer()
@@ -149,14 +174,16 @@ func BenchmarkParallelGET(b *testing.B) {
 func BenchmarkIdleConns(b *testing.B) {
 	const conns = 10000
 	addr := startUpstreamProcess(b)
+	round := 0
 	for _, name := range []string{"engine=poold", "engine=net-http"} {
 		b.Run(name, func(b *testing.B) {
 			for range b.N {
-				rt := transports(b, conns)[name]
+				rt, closeRT := newTransport(b, name, conns)
 				heap0, g0 := heapAndGoroutines()
 				var wg sync.WaitGroup
 				var failed atomic.Int64
-				url := fmt.Sprintf("http://%s/hold/%d", addr, conns)
+				round++
+				url := fmt.Sprintf("http://%s/hold/%s-%d/%d", addr, name, round, conns)
 				for range conns {
 					wg.Add(1)
 					go func() {
@@ -176,17 +203,17 @@ func BenchmarkIdleConns(b *testing.B) {
 					b.Fatalf("%d of %d requests failed", n, conns)
 				}
 				heap1, g1 := heapAndGoroutines()
+				if e, ok := rt.(*pool.Engine); ok {
+					if h, _ := e.Host(addr); h.Idle != conns {
+						b.Fatalf("%d idle conns, want %d: the measurement would be per the wrong count", h.Idle, conns)
+					}
+				}
 				if path := os.Getenv("POOLD_IDLE_HEAP_PROFILE"); path != "" && name == "engine=poold" {
 					writeHeapProfile(b, path)
 				}
 				b.ReportMetric(float64(heap1-heap0)/conns, "B/idle-conn")
 				b.ReportMetric(float64(g1-g0)/conns, "goroutines/idle-conn")
-				if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
-					c.CloseIdleConnections()
-				}
-				if e, ok := rt.(*pool.Engine); ok {
-					e.Close()
-				}
+				closeRT()
 			}
 		})
 	}
