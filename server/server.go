@@ -127,6 +127,12 @@ func New(cfg Config) (*Server, error) {
 		metrics.StreamServerInterceptor(),
 		logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
 	}
+	reasons, err := newReasonCounter(cfg.Registerer, logger)
+	if err != nil {
+		return nil, fmt.Errorf("server: registering failure metrics: %w", err)
+	}
+	reasonUnary, reasonStream := reasons.interceptors()
+	unary, stream = append(unary, reasonUnary), append(stream, reasonStream)
 	authUnary, authStream := authInterceptors(
 		authRule{services: adminServiceNames, tokens: cfg.AdminTokens},
 		authRule{services: map[string]bool{httpServiceName: true}, tokens: cfg.ClientTokens},

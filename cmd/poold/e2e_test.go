@@ -457,6 +457,9 @@ func TestEveryRowOfTheErrorTable(t *testing.T) {
 		{"connection refused", &pooldv1.DoRequest{Url: "http://" + closedPortAddr(t)}, codes.Unavailable, "CONNECTION_REFUSED"},
 		{"upstream reset", &pooldv1.DoRequest{Url: reset.URL}, codes.Unavailable, "UPSTREAM_RESET"},
 		{"malformed response", &pooldv1.DoRequest{Url: "http://" + garbage}, codes.Unavailable, "UPSTREAM_PROTOCOL_ERROR"},
+		// Refused by the egress rules before any connect: nothing is sent.
+		{"cloud metadata address", &pooldv1.DoRequest{Url: "http://169.254.169.254/latest/meta-data/"}, codes.PermissionDenied, "EGRESS_DENIED"},
+		{"poold's own listener", &pooldv1.DoRequest{Url: "http://" + d.grpcAddr + "/"}, codes.PermissionDenied, "EGRESS_DENIED"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -469,6 +472,17 @@ func TestEveryRowOfTheErrorTable(t *testing.T) {
 	}
 	release()
 	<-holding
+
+	metrics := httpGet(t, "http://"+d.httpAddr+"/metrics")
+	for _, tt := range tests {
+		if tt.reason == "INVALID_ARGUMENT" {
+			continue
+		}
+		want := fmt.Sprintf(`poold_http_failures_total{reason=%q}`, tt.reason)
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 
 	t.Run("HTTP 418 is a successful RPC", func(t *testing.T) {
 		resp, err := c.http.Do(ctx, &pooldv1.DoRequest{Url: teapot.URL})

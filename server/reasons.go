@@ -1,0 +1,74 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// reasonCounter counts HTTPService calls that failed, by ErrorInfo reason,
+// so that an operator sees egress denials, queue overflows and upstream
+// resets apart in /metrics rather than as one gRPC code. The reasons are
+// poold's own fixed set, so the label stays small.
+type reasonCounter struct {
+	failures *prometheus.CounterVec
+	logger   *slog.Logger
+}
+
+func newReasonCounter(reg prometheus.Registerer, logger *slog.Logger) (*reasonCounter, error) {
+	c := &reasonCounter{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "poold_http_failures_total",
+			Help: "HTTPService calls that did not complete, by ErrorInfo reason (see the README's error table).",
+		}, []string{"reason"}),
+		logger: logger,
+	}
+	if reg != nil {
+		if err := reg.Register(c.failures); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *reasonCounter) observe(ctx context.Context, method string, err error) {
+	if err == nil {
+		return
+	}
+	reason := "UNKNOWN"
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			reason = info.GetReason()
+			break
+		}
+	}
+	c.failures.WithLabelValues(reason).Inc()
+	if reason == ReasonEgressDenied {
+		// A denial is a security event: someone asked poold for an address
+		// it must not reach. The message names the IP and the rule.
+		c.logger.WarnContext(ctx, "egress denied", "method", method, "err", status.Convert(err).Message())
+	}
+}
+
+func (c *reasonCounter) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	match := selector.MatchFunc(func(_ context.Context, m interceptors.CallMeta) bool {
+		return m.Service == httpServiceName
+	})
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		c.observe(ctx, info.FullMethod, err)
+		return resp, err
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		c.observe(ss.Context(), info.FullMethod, err)
+		return err
+	}
+	return selector.UnaryServerInterceptor(unary, match), selector.StreamServerInterceptor(stream, match)
+}
