@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -703,5 +705,51 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestTokenFilesGuardTheServicesAndRotateWithoutARestart(t *testing.T) {
+	dir := t.TempDir()
+	adminFile, clientFile := filepath.Join(dir, "admin"), filepath.Join(dir, "client")
+	for path, token := range map[string]string{adminFile: "admin-old\n", clientFile: "client-1\n"} {
+		if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := startDaemon(t, "--admin-token-file="+adminFile, "--client-token-file="+clientFile)
+	c := d.clients()
+	ctx := testContext(t)
+	as := func(token string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+
+	if _, err := c.pools.ListHosts(ctx, &pooldv1.ListHostsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListHosts without a token = %v, want UNAUTHENTICATED", err)
+	}
+	if _, err := c.policy.ListPolicies(as("client-1"), &pooldv1.ListPoliciesRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("ListPolicies with a client token = %v, want PERMISSION_DENIED", err)
+	}
+	if _, err := c.pools.ListHosts(as("admin-old"), &pooldv1.ListHostsRequest{}); err != nil {
+		t.Errorf("ListHosts with the admin token = %v", err)
+	}
+	if _, err := c.http.Do(ctx, &pooldv1.DoRequest{Url: "http://127.0.0.1:1/"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Do without a token = %v, want UNAUTHENTICATED", err)
+	}
+	if _, err := healthpb.NewHealthClient(d.conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("health without a token = %v, want it open", err)
+	}
+
+	// Rotate: the daemon rereads a changed file within seconds.
+	if err := os.WriteFile(adminFile, []byte("admin-new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(adminFile, later, later)
+	waitFor(t, "the rotated admin token to be accepted", func() bool {
+		_, err := c.pools.ListHosts(as("admin-new"), &pooldv1.ListHostsRequest{})
+		return err == nil
+	})
+	if _, err := c.pools.ListHosts(as("admin-old"), &pooldv1.ListHostsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("ListHosts with the rotated-out token = %v, want PERMISSION_DENIED", err)
 	}
 }
