@@ -248,16 +248,24 @@ func (x *exchange) reuseBlocker(resp *http.Response) CloseReason {
 	return ""
 }
 
+// detach ends x's claim on its conn: the context watcher is disarmed and a
+// late interrupt can no longer touch the conn. It returns why x was
+// interrupted, if it was.
+func (x *exchange) detach() CloseReason {
+	x.stopCancel()
+	c := x.c
+	c.ixMu.Lock()
+	defer c.ixMu.Unlock()
+	c.owner = nil
+	return x.ixReason
+}
+
 // fail ends an exchange that produced no response, closing the conn and
 // classifying the error. retryable is true only when a reused conn broke
 // before any response byte: the keep-alive race.
 func (x *exchange) fail(err error) (*http.Response, bool, error) {
 	c := x.c
-	x.stopCancel()
-	c.ixMu.Lock()
-	ix := x.ixReason
-	c.owner = nil
-	c.ixMu.Unlock()
+	ix := x.detach()
 	x.resolveContinue(false)
 	// A writer that failed already may explain the read error. One still
 	// running is stopped: closing the socket ends a write blocked on it,
@@ -316,11 +324,7 @@ func (x *exchange) fail(err error) (*http.Response, bool, error) {
 // back to the pool unless reason (or what happened since) rules it out.
 func (x *exchange) finish(reason CloseReason) {
 	c := x.c
-	x.stopCancel()
-	c.ixMu.Lock()
-	ix := x.ixReason
-	c.owner = nil
-	c.ixMu.Unlock()
+	ix := x.detach()
 	if reason == "" {
 		reason = ix
 	}
@@ -354,10 +358,7 @@ func (x *exchange) finish(reason CloseReason) {
 // body reads and writes the raw conn, and the pool forgets it.
 func (x *exchange) upgrade(resp *http.Response) *http.Response {
 	c := x.c
-	x.stopCancel()
-	c.ixMu.Lock()
-	c.owner = nil
-	c.ixMu.Unlock()
+	x.detach()
 	// The caller owns the conn now, deadlines included; a failure to
 	// clear ours shows on the caller's first read or write.
 	_ = c.nc.SetDeadline(time.Time{})
