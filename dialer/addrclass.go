@@ -108,7 +108,11 @@ func embeddedIPv4(a netip.Addr) (netip.Addr, string, bool) {
 		return netip.AddrFrom4([4]byte(b[2:6])), "6to4", true
 	case teredoPrefix.Contains(a): // RFC 4380: client address, bits inverted
 		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), "teredo", true
-	case ipv4CompatRange.Contains(a): // RFC 4291 IPv4-compatible, deprecated but still routed by some stacks
+	case ipv4CompatRange.Contains(a) && a != netip.IPv6Unspecified() && a != netip.IPv6Loopback():
+		// RFC 4291 IPv4-compatible, deprecated but still routed by some
+		// stacks. :: and ::1 are not: they are the IPv6 unspecified and
+		// loopback addresses, decided by their own classes, and reading
+		// ::1 as 0.0.0.1 would make an allow of ::1 impossible.
 		return netip.AddrFrom4([4]byte(b[12:16])), "ipv4-compatible", true
 	}
 	return netip.Addr{}, "", false

@@ -87,10 +87,11 @@ var ErrInvalidRequest = errors.New("pool: invalid request")
 var ErrProtocol = errors.New("pool: malformed upstream response")
 
 var (
-	errServerClosed   = errors.New("server closed the connection before responding")
-	errHeaderTooLarge = fmt.Errorf("%w: head exceeds max_response_header_bytes", ErrProtocol)
-	errTooMany1xx     = fmt.Errorf("%w: too many 1xx informational responses", ErrProtocol)
-	errSkipBody       = errors.New("request body not sent: the server answered without 100 Continue")
+	errServerClosed       = errors.New("server closed the connection before responding")
+	errHeaderTooLarge     = fmt.Errorf("%w: head exceeds max_response_header_bytes", ErrProtocol)
+	errTooMany1xx         = fmt.Errorf("%w: too many 1xx informational responses", ErrProtocol)
+	errUnrequestedUpgrade = fmt.Errorf("%w: 101 Switching Protocols to a request that offered no Upgrade", ErrProtocol)
+	errSkipBody           = errors.New("request body not sent: the server answered without 100 Continue")
 )
 
 // protocolError marks err as the upstream breaking the protocol, unless

@@ -215,6 +215,13 @@ func (x *exchange) readHead(wreq *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		code := resp.StatusCode
+		if code == http.StatusSwitchingProtocols && !asksUpgrade(wreq.Header) {
+			// RFC 9110 section 15.2.2: a server must not switch to a
+			// protocol the request did not offer. Handing the conn over
+			// would leave the caller reading a raw socket that no
+			// deadline or cancellation reaches.
+			return nil, errUnrequestedUpgrade
+		}
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			c.rd.limit = -1
 			return resp, nil
@@ -226,6 +233,11 @@ func (x *exchange) readHead(wreq *http.Request) (*http.Response, error) {
 			x.resolveContinue(true)
 		}
 	}
+}
+
+// asksUpgrade reports whether a request offers to switch protocols.
+func asksUpgrade(h http.Header) bool {
+	return h.Get("Upgrade") != "" && headerHasToken(h, "Connection", "upgrade")
 }
 
 // reuseBlocker says why the conn cannot serve again after this response,

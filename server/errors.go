@@ -139,12 +139,16 @@ func classify(err error) (codes.Code, string) {
 	var recordErr tls.RecordHeaderError
 	var protoErr *textproto.ProtocolError
 	switch {
+	case hasStep && derr.Step == dialer.StepProxy:
+		// Whatever went wrong on the way to or through the proxy (its
+		// name, a refused connect, a refused CONNECT), the upstream was
+		// never reached: a caller told CONNECTION_REFUSED or DNS_ERROR
+		// would look for the fault in the wrong place.
+		return codes.Unavailable, ReasonProxyError
 	case errors.As(err, &dnsErr), hasStep && derr.Step == dialer.StepResolve:
 		return codes.Unavailable, ReasonDNSError
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return codes.Unavailable, ReasonConnectionRefused
-	case hasStep && derr.Step == dialer.StepProxy:
-		return codes.Unavailable, ReasonProxyError
 	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostnameErr),
 		errors.As(err, &alertErr), errors.As(err, &recordErr), hasStep && derr.Step == dialer.StepTLS:
 		return codes.Unavailable, ReasonTLSError
