@@ -555,6 +555,20 @@ func (a *adversary) earlyResponseDuringUpload() *adversary {
 	})
 }
 
+// continueThenOK answers Expect: 100-continue with 100 Continue, reads the
+// body and answers 200 "ok".
+func (a *adversary) continueThenOK() *adversary {
+	return a.set(func(c *advConn) {
+		req, ok := c.readHead()
+		if !ok || !c.write("HTTP/1.1 100 Continue\r\n\r\n") {
+			return
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err == nil {
+			c.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+}
+
 // closeOnSecondRequest serves the first request of each connection and
 // closes the connection when the second arrives, without answering: the
 // keep-alive race, where a server times out an idle connection just as a

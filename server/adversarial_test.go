@@ -116,6 +116,9 @@ type upstreamCase struct {
 	// reached, when not 0, is how many times the request reached the
 	// upstream.
 	reached int
+	// header and trailer, when set, are a name and the one value the
+	// response must carry for it.
+	header, trailer [2]string
 	// closedAs, when set, is the reason the pool must have counted for
 	// closing the upstream's connection: it was not kept for reuse.
 	closedAs string
@@ -162,9 +165,12 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 		{name: "chunk line longer than any reader takes", verb: (*adversary).chunkLineTooLong, code: unavailable, reason: malformed},
 		{name: "header line with a space in the name", verb: (*adversary).invalidHeaderLine, code: unavailable, reason: malformed},
 		{name: "bytes after the response are not served to anyone", verb: (*adversary).bytesAfterResponse, status: 200, body: "ok", closedAs: "unusable"},
-		{name: "header value in Latin-1 (obs-text)", verb: func(a *adversary) *adversary {
+		{name: "header value in ISO-8859-1 (obs-text)", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
-		}, status: 200, body: "ok"},
+		}, status: 200, body: "ok", header: [2]string{"X-Name", "café"}},
+		{name: "trailer value in ISO-8859-1 (obs-text), in a Stream", stream: true, verb: func(a *adversary) *adversary {
+			return a.reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Name\r\n\r\n2\r\nok\r\n0\r\nX-Name: caf\xe9\r\n\r\n")
+		}, status: 200, body: "ok", trailer: [2]string{"X-Name", "café"}},
 		{name: "header value with NUL", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nX-Name: a\x00b\r\nContent-Length: 2\r\n\r\nok")
 		}, code: unavailable, reason: malformed},
@@ -206,6 +212,10 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 			status: 200, body: "ok"},
 		{name: "head over the built-in 1 MiB", verb: func(a *adversary) *adversary { return a.hugeHeaders(2 << 20) }, code: unavailable, reason: malformed},
 		{name: "endless body over the Do body limit", verb: (*adversary).infiniteBody, code: codes.ResourceExhausted, reason: ReasonBodyTooLarge},
+		{name: "100 Continue to Expect: 100-continue, then the response", verb: (*adversary).continueThenOK,
+			req: &pooldv1.DoRequest{Method: "POST", Body: []byte("payload"), Headers: []*pooldv1.Header{hdr("Expect", "100-continue")}}, status: 200, body: "ok", reached: 1},
+		{name: "413 instead of 100 Continue: the body is never sent", verb: (*adversary).earlyResponseDuringUpload,
+			req: &pooldv1.DoRequest{Method: "PUT", Body: make([]byte, 768<<10), Headers: []*pooldv1.Header{hdr("Expect", "100-continue")}}, status: 413, body: "too much", reached: 1},
 		{name: "413 while the request body is still uploading", verb: (*adversary).earlyResponseDuringUpload,
 			req: &pooldv1.DoRequest{Method: "PUT", Body: make([]byte, 768<<10)}, status: 413, body: "too much", reached: 1, closedAs: "server_closed"},
 	}
@@ -251,6 +261,16 @@ func (d *advDaemon) runUpstreamCase(t *testing.T, tt upstreamCase) {
 		}
 		if resp.GetStatusCode() != tt.status || string(resp.GetBody()) != tt.body {
 			t.Errorf("response = %d %q, want %d %q", resp.GetStatusCode(), resp.GetBody(), tt.status, tt.body)
+		}
+		if name := tt.header[0]; name != "" {
+			if got := headerValues(resp.GetHeaders(), name); len(got) != 1 || got[0] != tt.header[1] {
+				t.Errorf("header %s = %q, want %q", name, got, tt.header[1])
+			}
+		}
+		if name := tt.trailer[0]; name != "" {
+			if got := headerValues(resp.GetTrailers(), name); len(got) != 1 || got[0] != tt.trailer[1] {
+				t.Errorf("trailer %s = %q, want %q", name, got, tt.trailer[1])
+			}
 		}
 		if tt.attempts != 0 && resp.GetTiming().GetAttempts() != tt.attempts {
 			t.Errorf("attempts = %d, want %d", resp.GetTiming().GetAttempts(), tt.attempts)
@@ -837,6 +857,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 		"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nBad(Header): x\r\n\r\n",
 		"this is not HTTP at all\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
 		"",
 	} {
 		f.Add([]byte(raw))
@@ -870,13 +891,20 @@ func FuzzUpstreamResponse(f *testing.F) {
 		srv := NewHTTPServer(engine, HTTPOptions{MaxBodySize: 64 << 10, Effective: engine.EffectivePolicy})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, err = srv.Do(ctx, &pooldv1.DoRequest{Url: "http://" + a.addr + "/", Timeout: pdur(time.Second), MaxRedirects: 2})
+		resp, err := srv.Do(ctx, &pooldv1.DoRequest{Url: "http://" + a.addr + "/", Timeout: pdur(time.Second), MaxRedirects: 2})
 		if ctx.Err() != nil {
 			t.Fatalf("Do did not end within its timeout: %v", err)
 		}
 		outcome, bad := classifyOutcome(err, false)
 		if bad != "" {
 			t.Fatalf("Do ended with %s, outside the README table: %s", outcome, bad)
+		}
+		if err == nil {
+			// What gRPC would have to send: a response that does not
+			// marshal fails the call with INTERNAL.
+			if _, err := proto.Marshal(resp); err != nil {
+				t.Fatalf("the response does not marshal: %v", err)
+			}
 		}
 		t.Logf("%q: %s", raw[:min(len(raw), 80)], outcome)
 		if !poll(5*time.Second, func() bool {

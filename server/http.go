@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -202,8 +203,23 @@ func headerFields(h http.Header) []*pooldv1.Header {
 	out := make([]*pooldv1.Header, 0, n)
 	for _, k := range names {
 		for _, v := range h[k] {
-			out = append(out, &pooldv1.Header{Name: k, Value: v})
+			out = append(out, &pooldv1.Header{Name: k, Value: utf8Value(v)})
 		}
 	}
 	return out
+}
+
+// utf8Value makes a field value fit a protobuf string, which must be UTF-8
+// or the whole response fails to marshal. RFC 9110 allows obs-text (bytes
+// 0x80-0xFF) in values, which servers use for ISO-8859-1: a value that is
+// not UTF-8 is read as ISO-8859-1, byte for byte, so nothing is lost.
+func utf8Value(v string) string {
+	if utf8.ValidString(v) {
+		return v
+	}
+	r := make([]rune, len(v))
+	for i := 0; i < len(v); i++ {
+		r[i] = rune(v[i])
+	}
+	return string(r)
 }
