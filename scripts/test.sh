@@ -27,7 +27,7 @@ step "1 GiB each way through Stream in bounded memory (without the race detector
 go test -count=1 -run '^TestStreamMovesLargeBodiesBothWaysInBoundedMemory$' -v ./server | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
 
 step "chaos soak: 60s of hostile upstreams, cancels and policy swaps"
-POOLD_SOAK_DURATION=${POOLD_SOAK_DURATION:-60s} go test -race -count=1 -run '^TestSoak$' -v ./server | grep -E '^(--- |    soak|ok|FAIL|PASS)'
+POOLD_SOAK_DURATION=${POOLD_SOAK_DURATION:-60s} go test -race -count=1 -run '^TestSoak$' -v ./server | grep -E '^ *(--- |soak)|^(ok|FAIL|PASS)'
 
 step "static binary smoke test"
 bash scripts/smoke.sh

@@ -174,6 +174,9 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 		{name: "header value with NUL", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nX-Name: a\x00b\r\nContent-Length: 2\r\n\r\nok")
 		}, code: unavailable, reason: malformed},
+		{name: "header line with bytes that are not UTF-8", verb: func(a *adversary) *adversary {
+			return a.reply("HTTP/1.1 200 OK\r\nBad\xffName: \xfe\r\nContent-Length: 2\r\n\r\nok")
+		}, code: unavailable, reason: malformed},
 		{name: "folded first header line", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\n folded: x\r\nContent-Length: 2\r\n\r\nok")
 		}, code: unavailable, reason: malformed},
