@@ -17,6 +17,7 @@ var (
 	cfgAllowInDeny = EgressConfig{Deny: []string{"10.0.0.0/8"}, Allow: []string{"10.2.0.0/16"}}
 	cfgTie         = EgressConfig{Allow: []string{"10.9.0.0/16"}, Deny: []string{"10.9.0.0/16"}}
 	cfgAllowAll    = EgressConfig{Allow: []string{"0.0.0.0/0", "::/0"}}
+	cfgAllowV6Lo   = EgressConfig{Allow: []string{"::1"}}
 	cfgAllowList   = EgressConfig{DefaultDeny: true, Allow: []string{"10.0.0.0/8", "*.internal.example", "api.partner.example"}}
 	cfgDenyHosts   = EgressConfig{Allow: []string{"203.0.113.7"}, Deny: []string{"*.evil.example", "Bad.Example."}}
 	cfgPorts       = EgressConfig{AllowedPorts: []uint16{443, 8443}}
@@ -39,6 +40,10 @@ var egressCases = []struct {
 	{"loopback", &cfgDefault, "", "127.0.0.1:80", "127.0.0.1 matches built-in deny loopback 127.0.0.0/8"},
 	{"loopback, top of the block", &cfgDefault, "", "127.255.255.254:80", "127.255.255.254 matches built-in deny loopback 127.0.0.0/8"},
 	{"IPv6 loopback", &cfgDefault, "", "[::1]:80", "::1 matches built-in deny loopback ::1/128"},
+	// ::1 and :: sit inside ::/96 but are not IPv4-compatible addresses;
+	// reading ::1 as 0.0.0.1 would make an explicit allow of it useless.
+	{"IPv6 loopback explicitly allowed", &cfgAllowV6Lo, "", "[::1]:80", ""},
+	{"IPv6 unspecified with IPv6 loopback allowed", &cfgAllowV6Lo, "", "[::]:80", ":: matches built-in deny unspecified ::/128"},
 	{"IPv4-mapped loopback", &cfgDefault, "", "[::ffff:127.0.0.1]:80", "127.0.0.1 matches built-in deny loopback 127.0.0.0/8"},
 	{"metadata", &cfgDefault, "", "169.254.169.254:80", "169.254.169.254 matches built-in deny link-local 169.254.0.0/16"},
 	{"IPv4-mapped metadata in hex", &cfgDefault, "", "[::ffff:a9fe:a9fe]:80", "169.254.169.254 matches built-in deny link-local 169.254.0.0/16"},

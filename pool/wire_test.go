@@ -184,6 +184,25 @@ func TestSwitchingProtocolsHandsTheConnToTheCaller(t *testing.T) {
 	}
 }
 
+func TestSwitchingProtocolsThatTheRequestDidNotAskForIsAProtocolError(t *testing.T) {
+	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+		s.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		return false
+	})
+	e := newTestEngine(t, Options{})
+	resp, err := e.RoundTrip(newRequest(t, context.Background(), "GET", u.URL, ""))
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("an unrequested 101 handed the conn over; the caller would read a raw socket no deadline reaches")
+	}
+	if !errors.Is(err, ErrProtocol) {
+		t.Errorf("error = %v, want ErrProtocol", err)
+	}
+	if h := hostStats(t, e, u); h.Active != 0 || h.Idle != 0 {
+		t.Errorf("pool kept the conn: %+v", h)
+	}
+}
+
 // endless is a request body that never runs out and is not in memory, so
 // the writer is still busy when the response comes.
 type endless struct{}

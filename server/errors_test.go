@@ -53,6 +53,8 @@ func TestStatusFromErrorMapsEveryRowOfTheTable(t *testing.T) {
 		{"truncated body", &pool.Error{Phase: pool.PhaseBody, Err: io.ErrUnexpectedEOF}, codes.Unavailable, ReasonUpstreamReset},
 		{"malformed head", &pool.Error{Phase: pool.PhaseResponseHeader, Err: fmt.Errorf("%w: bad status line", pool.ErrProtocol)}, codes.Unavailable, ReasonUpstreamProtocolError},
 		{"proxy refused", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: errors.New("proxy answered 407")}}, codes.Unavailable, ReasonProxyError},
+		{"proxy not listening", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: &net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}}}, codes.Unavailable, ReasonProxyError},
+		{"proxy name unknown", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: &net.DNSError{Err: "no such host", Name: "proxy.onion", IsNotFound: true}}}, codes.Unavailable, ReasonProxyError},
 		{"untrusted certificate", &pool.Error{Phase: pool.PhaseTLS, Err: &dialer.Error{Step: dialer.StepTLS, Err: x509.UnknownAuthorityError{}}}, codes.Unavailable, ReasonTLSError},
 		{"egress denied", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepEgress, Err: dialer.ErrEgressDenied}}, codes.PermissionDenied, ReasonEgressDenied},
 		{"engine closed", pool.ErrClosed, codes.Unavailable, ReasonShuttingDown},
