@@ -3,26 +3,21 @@ package dialer
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poold/poold/dialer/dialertest"
 )
 
 // testTimeout bounds every wait in a test so a bug fails fast instead of
@@ -166,36 +161,6 @@ func closedPort(t *testing.T) string {
 	return port
 }
 
-// blackhole returns a loopback listener whose accept queue is full, so a
-// connect to it gets no answer at all: Linux drops a SYN for a listener
-// whose queue is full. The queue is shrunk to one slot by listening again
-// with backlog 0 and filled by connecting until a connect stalls.
-func blackhole(t *testing.T, network, addr string) *net.TCPListener {
-	t.Helper()
-	ln := listen(t, network, addr)
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) { lerr = syscall.Listen(int(fd), 0) }); err != nil || lerr != nil {
-		t.Skipf("cannot shrink the listen backlog: %v %v", err, lerr)
-	}
-	for range 8 {
-		c, err := net.DialTimeout(network, ln.Addr().String(), 200*time.Millisecond)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return ln
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("could not fill the listen backlog")
-	return nil
-}
-
 // testPKI is a CA and a leaf for "example.test", 127.0.0.1 and ::1, made
 // fresh for a test.
 type testPKI struct {
@@ -206,53 +171,14 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poold test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "example.test"},
-		DNSNames:     []string{"example.test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
-	return &testPKI{
-		roots: roots,
-		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		leaf:  tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey},
-	}
+	ca := dialertest.NewCA(t)
+	return &testPKI{roots: ca.Pool, caPEM: ca.PEM, leaf: ca.Certificate(t, 2, "example.test", "127.0.0.1", "::1")}
+}
+
+// blackhole returns a loopback listener whose connects get no answer.
+func blackhole(t *testing.T, network, addr string) *net.TCPListener {
+	t.Helper()
+	return dialertest.Blackhole(t, network, addr)
 }
 
 func (p *testPKI) clientConfig() *tls.Config {

@@ -2,53 +2,19 @@ package pool
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poold/poold/dialer/dialertest"
 )
 
-// fullBacklogAddr returns a loopback address whose accept queue is full,
-// so that a connect to it hangs until the dialer gives up: the kernel drops
-// SYNs to a listener that never accepts once its backlog is used.
-func fullBacklogAddr(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err != nil {
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("could not fill a listen backlog on this kernel")
-	return ""
-}
-
 func TestRequestsThatGiveUpLeaveNoMoreDialsThanTheCap(t *testing.T) {
-	addr := fullBacklogAddr(t)
+	addr := dialertest.Blackhole(t, "tcp4", "127.0.0.1:0").Addr().String()
 	dialTimeout := 3 * time.Second
 	e, err := New(Options{MaxDialsPerHost: 2, Policies: PolicySet{Default: Policy{DialTimeout: &dialTimeout}}})
 	if err != nil {

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/poold/poold/dialer"
+	"github.com/poold/poold/dialer/dialertest"
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
 	"github.com/poold/poold/pool"
 )
@@ -818,9 +819,9 @@ type advDaemon struct {
 	policies pooldv1.PolicyServiceClient
 	resolver *fakeResolver
 	guard    *egressGuard
-	roots    *testCA // upstream certificates signed by it are trusted
-	self     string  // the gRPC listener, host:port
-	healthy  string  // URL of a well-behaved upstream; "" when it could not listen
+	roots    *dialertest.CA // upstream certificates signed by it are trusted
+	self     string         // the gRPC listener, host:port
+	healthy  string         // URL of a well-behaved upstream; "" when it could not listen
 }
 
 // startAdvDaemon starts a daemon whose default policy has short timeouts
@@ -841,7 +842,7 @@ func startAdvDaemon(t *testing.T, opts advOptions) *advDaemon {
 	d := &advDaemon{
 		resolver: newFakeResolver(),
 		guard:    &egressGuard{rules: rules, allowed: map[string]int{}},
-		roots:    newTestCA(t),
+		roots:    dialertest.NewCA(t),
 		self:     lis.Addr().String(),
 	}
 	t.Cleanup(func() {
@@ -852,7 +853,7 @@ func startAdvDaemon(t *testing.T, opts advOptions) *advDaemon {
 		}
 	})
 	roots := x509.NewCertPool()
-	roots.AddCert(d.roots.cert)
+	roots.AddCert(d.roots.Cert)
 	engine, err := pool.New(pool.Options{
 		Dialer: &dialer.Dialer{
 			Resolver:  d.resolver,
@@ -1045,12 +1046,8 @@ func (s *directStream) Send(m *pooldv1.StreamResponse) error {
 
 // tlsConfig returns a server config with a certificate for 127.0.0.1
 // signed by ca.
-func tlsConfig(t *testing.T, ca *testCA) *tls.Config {
+func tlsConfig(t *testing.T, ca *dialertest.CA) *tls.Config {
 	t.Helper()
-	certPEM, keyPEM := ca.issue(t, time.Now().UnixNano())
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := ca.Certificate(t, time.Now().UnixNano(), "127.0.0.1")
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/poold/poold/dialer"
+	"github.com/poold/poold/dialer/dialertest"
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
 	"github.com/poold/poold/pool"
 )
@@ -236,7 +237,7 @@ func (d *advDaemon) runUpstreamCase(t *testing.T, tt upstreamCase) {
 	case tlsTrusted:
 		a.useTLS(tlsConfig(t, d.roots))
 	case tlsUntrusted:
-		a.useTLS(tlsConfig(t, newTestCA(t)))
+		a.useTLS(tlsConfig(t, dialertest.NewCA(t)))
 	}
 	if tt.policy != nil {
 		p := proto.Clone(tt.policy).(*pooldv1.Policy)

@@ -2,84 +2,19 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/poold/poold/dialer/dialertest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 )
-
-// testCA signs certificates for the test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "poold test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns PEM certificate and key for a leaf with the given serial,
-// valid for 127.0.0.1, usable by a server or a client.
-func (ca *testCA) issue(t *testing.T, serial int64) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: "poold test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-}
 
 func writeFile(t *testing.T, path string, data []byte, mtime time.Time) {
 	t.Helper()
@@ -94,13 +29,13 @@ func writeFile(t *testing.T, path string, data []byte, mtime time.Time) {
 
 func TestMutualTLSRequiresClientCertificatesAndPicksUpRotatedOnes(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t)
+	ca := dialertest.NewCA(t)
 	certFile, keyFile, caFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
-	cert, key := ca.issue(t, 100)
+	cert, key := ca.Issue(t, 100, "127.0.0.1")
 	start := time.Now().Add(-time.Minute)
 	writeFile(t, certFile, cert, start)
 	writeFile(t, keyFile, key, start)
-	writeFile(t, caFile, ca.pem, start)
+	writeFile(t, caFile, ca.PEM, start)
 
 	lt, err := NewListenerTLS(certFile, keyFile, caFile)
 	if err != nil {
@@ -115,9 +50,8 @@ func TestMutualTLSRequiresClientCertificatesAndPicksUpRotatedOnes(t *testing.T) 
 	go s.Serve(lis)
 	defer s.Stop()
 
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
-	clientCertPEM, clientKeyPEM := ca.issue(t, 200)
+	roots := ca.Pool
+	clientCertPEM, clientKeyPEM := ca.Issue(t, 200, "127.0.0.1")
 	clientCert, err := tls.X509KeyPair(clientCertPEM, clientKeyPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +88,7 @@ func TestMutualTLSRequiresClientCertificatesAndPicksUpRotatedOnes(t *testing.T) 
 
 	// Rotate: a new key pair lands on disk; new handshakes use it, with no
 	// restart, within the one-second recheck.
-	cert, key = ca.issue(t, 101)
+	cert, key = ca.Issue(t, 101, "127.0.0.1")
 	now := time.Now()
 	writeFile(t, certFile, cert, now)
 	writeFile(t, keyFile, key, now)

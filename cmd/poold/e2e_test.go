@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/poold/poold/dialer/dialertest"
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
 )
 
@@ -337,40 +337,6 @@ func rawListener(t *testing.T, reply string) string {
 	return ln.Addr().String()
 }
 
-// fullBacklogAddr returns an address whose accept queue is full, so that a
-// new connect hangs until the dialer gives up: the kernel drops SYNs to a
-// listener that never accepts once its backlog is used.
-func fullBacklogAddr(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	// Fill the queue; these dials complete in the kernel without accept.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err != nil {
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("could not fill a listen backlog on this kernel")
-	return ""
-}
-
 func closedPortAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -423,7 +389,7 @@ func TestEveryRowOfTheErrorTable(t *testing.T) {
 	ctx := testContext(t)
 
 	stalled := stallingListener(t)
-	backlog := fullBacklogAddr(t)
+	backlog := dialertest.Blackhole(t, "tcp4", "127.0.0.1:0").Addr().String()
 	garbage := rawListener(t, "this is not HTTP\r\n\r\n")
 	setPolicy(ctx, t, c, &pooldv1.Policy{Name: "policies/" + backlog, DialTimeout: durationpb.New(300 * time.Millisecond)}, "dial_timeout")
 	setPolicy(ctx, t, c, &pooldv1.Policy{Name: "policies/" + stalled, TlsHandshakeTimeout: durationpb.New(300 * time.Millisecond), ResponseHeaderTimeout: durationpb.New(300 * time.Millisecond)}, "tls_handshake_timeout", "response_header_timeout")
