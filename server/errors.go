@@ -43,6 +43,20 @@ const (
 	ReasonCanceled              = "CANCELED"
 	ReasonShuttingDown          = "SHUTTING_DOWN"
 	ReasonUpstreamError         = "UPSTREAM_ERROR"
+	// ReasonOverloaded comes with RESOURCE_EXHAUSTED when poold already
+	// runs as many upstream requests as --max-in-flight allows.
+	ReasonOverloaded = "OVERLOADED"
+	// ReasonEtagMismatch comes with ABORTED: the policy changed since the
+	// caller read the etag it sent. Read it again and retry.
+	ReasonEtagMismatch = "ETAG_MISMATCH"
+	// ReasonPolicyNotFound comes with NOT_FOUND.
+	ReasonPolicyNotFound = "POLICY_NOT_FOUND"
+	// ReasonDefaultPolicyRequired comes with FAILED_PRECONDITION when
+	// asked to delete policies/default.
+	ReasonDefaultPolicyRequired = "DEFAULT_POLICY_REQUIRED"
+	// ReasonPolicyNotSaved comes with INTERNAL when the policy file could
+	// not be written; the change was rolled back.
+	ReasonPolicyNotSaved = "POLICY_NOT_SAVED"
 )
 
 // errBodyTooLarge reports a response body over the daemon's limit.

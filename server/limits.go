@@ -11,10 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// ReasonOverloaded is the ErrorInfo reason when poold already runs as many
-// upstream requests as --max-in-flight allows.
-const ReasonOverloaded = "OVERLOADED"
-
 // inFlightLimit caps HTTPService calls running at once. Over the cap a call
 // fails at once with RESOURCE_EXHAUSTED instead of queueing: a caller can
 // retry elsewhere, while an unbounded queue would only add latency and

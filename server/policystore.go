@@ -31,21 +31,6 @@ import (
 	"github.com/poold/poold/pool"
 )
 
-// ErrorInfo reasons of PolicyService, beside ReasonInvalidArgument.
-const (
-	// ReasonEtagMismatch comes with ABORTED: the policy changed since the
-	// caller read the etag it sent. Read it again and retry.
-	ReasonEtagMismatch = "ETAG_MISMATCH"
-	// ReasonPolicyNotFound comes with NOT_FOUND.
-	ReasonPolicyNotFound = "POLICY_NOT_FOUND"
-	// ReasonDefaultPolicyRequired comes with FAILED_PRECONDITION when
-	// asked to delete policies/default.
-	ReasonDefaultPolicyRequired = "DEFAULT_POLICY_REQUIRED"
-	// ReasonPolicyNotSaved comes with INTERNAL when the policy file could
-	// not be written; the change was rolled back.
-	ReasonPolicyNotSaved = "POLICY_NOT_SAVED"
-)
-
 // PolicyStore holds the policies PolicyService serves: the default policy
 // and the host policies, each with its etag and update time. Every change
 // is validated, handed to the engine and saved to the policy file before it
