@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -168,6 +169,37 @@ func BenchmarkParallelGET(b *testing.B) {
 	}
 }
 
+// BenchmarkParallelGETWithDeadline is BenchmarkParallelGET's 100-byte case
+// with a request context that can end, as every request through the daemon
+// has (gRPC calls carry a deadline): the engine then arms a cancellation
+// watcher per request, which costs allocations a background context does not.
+func BenchmarkParallelGETWithDeadline(b *testing.B) {
+	addr := startUpstreamProcess(b)
+	for _, name := range []string{"engine=poold", "engine=net-http"} {
+		b.Run(name, func(b *testing.B) {
+			rt, closeRT := newTransport(b, name, 256)
+			defer closeRT()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+			defer cancel()
+			url := "http://" + addr + "/100"
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+				for pb.Next() {
+					resp, err := rt.RoundTrip(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
+
 // BenchmarkIdleConns opens 10,000 connections at once, lets them go idle,
 // and reports what each idle connection costs the client: bytes of heap and
 // goroutine stacks, and goroutines.
@@ -249,32 +281,5 @@ func writeHeapProfile(b *testing.B, path string) {
 	defer f.Close()
 	if err := pprof.WriteHeapProfile(f); err != nil {
 		b.Fatal(err)
-	}
-}
-
-// BenchmarkWireFormatFloor measures what net/http's wire code alone costs
-// per request: (*http.Request).Write plus http.ReadResponse of a response
-// like the upstream's, and reading its 100-byte body. The engine uses
-// exactly these, so its allocations per request cannot go below this.
-func BenchmarkWireFormatFloor(b *testing.B) {
-	raw := "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\n\r\n" + strings.Repeat("x", 100)
-	req, _ := http.NewRequest("GET", "http://127.0.0.1:8080/100", nil)
-	src := strings.NewReader(raw)
-	br := bufio.NewReader(src)
-	bw := bufio.NewWriter(io.Discard)
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := req.Write(bw); err != nil {
-			b.Fatal(err)
-		}
-		bw.Flush()
-		src.Reset(raw)
-		br.Reset(src)
-		resp, err := http.ReadResponse(br, req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 	}
 }

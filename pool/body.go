@@ -22,8 +22,9 @@ const (
 // Close drains a little to save it, anything else closes it.
 type body struct {
 	x      *exchange
-	rc     io.ReadCloser // net/http's framing reader over the conn's buffer
-	reason CloseReason   // why the conn cannot be reused even at EOF; "" if it can
+	rc     io.Reader    // the framing reader over the conn's buffer: fr or net/http's
+	fr     framedReader // poold's own framing, for heads poold parsed
+	reason CloseReason  // why the conn cannot be reused even at EOF; "" if it can
 
 	mu      sync.Mutex // guards the fields below
 	reading bool       // a Read is in rc

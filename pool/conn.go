@@ -2,7 +2,6 @@ package pool
 
 import (
 	"bufio"
-	"container/list"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -58,7 +57,11 @@ type conn struct {
 	keepAlive   net.KeepAliveConfig // what the socket is set to
 	closeReason CloseReason
 
-	lruElem *list.Element // guarded by hp.e.idle.mu; set while idle
+	// Guarded by hp.e.idle.mu: the conn's place in the engine-wide idle
+	// list, linked through the conns themselves so going idle allocates
+	// nothing.
+	lruPrev, lruNext *conn
+	inLRU            bool
 
 	closeOnce sync.Once
 
@@ -251,23 +254,45 @@ func (c *conn) returnBuffers(keepWriter bool) {
 // MaxIdleConns evicts the least recently used across hosts. mu is taken
 // inside hostPool.mu, never the other way round.
 type idleLRU struct {
-	mu sync.Mutex
-	l  list.List // of *conn, oldest first
+	mu         sync.Mutex
+	head, tail *conn // oldest first
+	n          int
 }
 
 func (u *idleLRU) add(c *conn) {
 	u.mu.Lock()
-	c.lruElem = u.l.PushBack(c)
-	u.mu.Unlock()
+	defer u.mu.Unlock()
+	if c.inLRU {
+		panic(fmt.Sprintf("pool: internal error: conn %d idle twice", c.id))
+	}
+	c.inLRU, c.lruPrev, c.lruNext = true, u.tail, nil
+	if u.tail != nil {
+		u.tail.lruNext = c
+	} else {
+		u.head = c
+	}
+	u.tail = c
+	u.n++
 }
 
 func (u *idleLRU) remove(c *conn) {
 	u.mu.Lock()
-	if c.lruElem != nil {
-		u.l.Remove(c.lruElem)
-		c.lruElem = nil
+	defer u.mu.Unlock()
+	if !c.inLRU {
+		return
 	}
-	u.mu.Unlock()
+	if c.lruPrev != nil {
+		c.lruPrev.lruNext = c.lruNext
+	} else {
+		u.head = c.lruNext
+	}
+	if c.lruNext != nil {
+		c.lruNext.lruPrev = c.lruPrev
+	} else {
+		u.tail = c.lruPrev
+	}
+	c.inLRU, c.lruPrev, c.lruNext = false, nil, nil
+	u.n--
 }
 
 // oldestOver returns the least recently used idle conn if there are more
@@ -275,10 +300,10 @@ func (u *idleLRU) remove(c *conn) {
 func (u *idleLRU) oldestOver(limit int) *conn {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.l.Len() <= limit {
+	if u.n <= limit {
 		return nil
 	}
-	return u.l.Front().Value.(*conn)
+	return u.head
 }
 
 // evictIdle enforces MaxIdleConns. The victim's own pool lock decides: if

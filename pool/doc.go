@@ -19,6 +19,15 @@
 //     request that gives up leaves the queue at once.
 //   - Errors name the phase that failed (*Error), so callers can tell a
 //     full queue from a dial failure from a slow upstream.
+//   - A request costs a handful of allocations. The engine writes requests
+//     itself, with the bytes (*http.Request).Write would send, and parses
+//     response heads in the plain form itself, giving exactly what
+//     http.ReadResponse gives; heads in any other form (1xx, HTTP/1.0,
+//     folded or non-ASCII fields, a body read until close) go to
+//     http.ReadResponse. One difference from net/http: a request body of
+//     unknown length is sent chunked whatever the method, where net/http
+//     first reads a byte, with a timer, to guess whether a GET's body is
+//     really empty.
 //
 // A request that may have reached the server is retried only when it is
 // idempotent and failed on a reused connection before any response byte.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"sort"
@@ -80,13 +81,23 @@ type policySnapshot struct {
 	set          PolicySet
 	maxIdleConns uint32        // the default policy's MaxIdleConns
 	changed      chan struct{} // closed when a newer snapshot replaces this one
-	routes       sync.Map      // "scheme://host:port" → *hostPool, valid for this generation
+
+	routesMu sync.RWMutex
+	routes   map[origin]*hostPool // valid for this generation
 }
+
+// origin is what a request's pool is looked up by, before the proxy (and
+// so the pool key) is known. A struct, so looking one up costs no
+// allocation.
+type origin struct{ scheme, host, port string }
 
 func newSnapshot(set PolicySet) *policySnapshot {
 	// MaxIdleConns lives only in the default policy, so any host that no
 	// pattern matches gives it.
-	return &policySnapshot{set: set, maxIdleConns: set.Resolve("", "").MaxIdleConns, changed: make(chan struct{})}
+	return &policySnapshot{
+		set: set, maxIdleConns: set.Resolve("", "").MaxIdleConns, changed: make(chan struct{}),
+		routes: make(map[origin]*hostPool),
+	}
 }
 
 // New returns an Engine running opts.Policies.
@@ -125,7 +136,6 @@ func New(opts Options) (*Engine, error) {
 	if e.maxDials <= 0 {
 		e.maxDials = 64
 	}
-	e.idle.l.Init()
 	e.snap.Store(newSnapshot(opts.Policies.Clone()))
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.wg.Add(1)
@@ -139,17 +149,17 @@ func New(opts Options) (*Engine, error) {
 func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	if err := checkRequest(req); err != nil {
-		closeRequestBody(req)
+		closeBody(req.Body)
 		return nil, err
 	}
 	scheme, host, port, _ := originOf(req.URL)
 	if e.isClosed.Load() {
-		closeRequestBody(req)
+		closeBody(req.Body)
 		return nil, &Error{Phase: PhaseQueue, Host: scheme + "://" + hostPort(host, port), Err: ErrClosed}
 	}
 	hp, err := e.route(scheme, host, port)
 	if err != nil {
-		closeRequestBody(req)
+		closeBody(req.Body)
 		return nil, err
 	}
 	return hp.roundTrip(req, start)
@@ -169,6 +179,12 @@ func checkRequest(req *http.Request) error {
 	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
 		return bad("method %q", req.Method)
 	}
+	if hasCTL(req.URL.Opaque) || hasCTL(req.URL.EscapedPath()) || hasCTL(req.URL.RawQuery) {
+		return bad("control character in the request target")
+	}
+	if _, err := requestFraming(req, req.Body); err != nil {
+		return &Error{Phase: PhaseWrite, Err: err}
+	}
 	for k, vs := range req.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return bad("header field name %q", k)
@@ -182,12 +198,22 @@ func checkRequest(req *http.Request) error {
 	return nil
 }
 
-// closeRequestBody closes a request body the engine will not send, as a
+// hasCTL reports whether s holds a byte that would split a request line.
+func hasCTL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b < ' ' || b == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// closeBody closes a request body the engine will not send, as a
 // RoundTripper must. Its error is the caller's body's business and would
 // only hide the error that made the request fail.
-func closeRequestBody(req *http.Request) {
-	if req.Body != nil {
-		_ = req.Body.Close()
+func closeBody(b io.Closer) {
+	if b != nil {
+		_ = b.Close()
 	}
 }
 
@@ -196,14 +222,17 @@ func closeRequestBody(req *http.Request) {
 // proxy (and so the key) follows from the policy.
 func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
 	snap := e.snap.Load()
-	origin := scheme + "://" + hostPort(host, port)
-	if v, ok := snap.routes.Load(origin); ok {
-		return v.(*hostPool), nil
+	o := origin{scheme, host, port}
+	snap.routesMu.RLock()
+	hp := snap.routes[o]
+	snap.routesMu.RUnlock()
+	if hp != nil {
+		return hp, nil
 	}
 	eff := snap.set.Resolve(host, port)
 	proxy, err := e.proxyFor(eff.ProxyURL, scheme, hostPort(host, port))
 	if err != nil {
-		return nil, &Error{Phase: PhaseProxy, Host: origin, Err: err}
+		return nil, &Error{Phase: PhaseProxy, Host: scheme + "://" + hostPort(host, port), Err: err}
 	}
 	key := poolKey(scheme, hostPort(host, port), proxy)
 	e.mu.Lock()
@@ -211,7 +240,7 @@ func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
 		e.mu.Unlock()
 		return nil, &Error{Phase: PhaseQueue, Host: key, Err: ErrClosed}
 	}
-	hp := e.hosts[key]
+	hp = e.hosts[key]
 	if hp == nil {
 		// Resolve under e.mu against the snapshot current now: SetPolicies
 		// swaps before it lists the pools to update, so a pool is either
@@ -221,7 +250,9 @@ func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
 		e.hosts[key] = hp
 	}
 	e.mu.Unlock()
-	snap.routes.Store(origin, hp)
+	snap.routesMu.Lock()
+	snap.routes[o] = hp
+	snap.routesMu.Unlock()
 	return hp, nil
 }
 

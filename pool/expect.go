@@ -31,34 +31,6 @@ func (x *exchange) awaitContinue() bool {
 	}
 }
 
-// sendBody is the request body as net/http reads it: held back until
-// awaitContinue says so (for Expect: 100-continue; net/http flushes the
-// headers before reading a body it cannot size in memory, so the server
-// has them meanwhile), and keeping its own read error.
-type sendBody struct {
-	rc   io.ReadCloser
-	x    *exchange
-	hold bool
-	err  error // the body's read error; writer-owned until writeDone
-}
-
-func (b *sendBody) Read(p []byte) (int, error) {
-	if b.hold {
-		b.hold = false
-		if !b.x.awaitContinue() {
-			b.x.skippedBody = true
-			return 0, errSkipBody
-		}
-	}
-	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
-		b.err = err
-	}
-	return n, err
-}
-
-func (b *sendBody) Close() error { return b.rc.Close() }
-
 // nopCloserTypes are the types io.NopCloser returns.
 var nopCloserTypes = [...]reflect.Type{
 	reflect.TypeOf(io.NopCloser(struct{ io.Reader }{})),
@@ -78,16 +50,6 @@ func inMemory(r io.Reader) bool {
 			inner, ok := v.Field(0).Interface().(io.Reader)
 			return ok && inMemory(inner)
 		}
-	}
-	return false
-}
-
-// usuallyNoBody lists the methods net/http probes for a body before
-// writing, which rules out holding the body back.
-func usuallyNoBody(method string) bool {
-	switch method {
-	case "", "GET", "HEAD", "DELETE", "OPTIONS", "PROPFIND", "SEARCH":
-		return true
 	}
 	return false
 }

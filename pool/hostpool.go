@@ -25,6 +25,10 @@ type hostPool struct {
 	addr   string   // host:port
 	proxy  *url.URL // nil when direct
 
+	// proxyAuth is the Proxy-Authorization that requests sent through an
+	// HTTP proxy carry, from the proxy URL's credentials.
+	proxyAuth string
+
 	stats hostCounters // atomics
 
 	mu            sync.Mutex // guards the fields below and the hostPool fields of each conn
@@ -40,10 +44,14 @@ type hostPool struct {
 }
 
 func newHostPool(e *Engine, key, scheme, host, port string, proxy *url.URL, snap *policySnapshot, eff Effective) *hostPool {
-	return &hostPool{
+	hp := &hostPool{
 		e: e, key: key, scheme: scheme, host: host, port: port, addr: hostPort(host, port), proxy: proxy,
 		snap: snap, eff: eff, conns: make(map[*conn]struct{}),
 	}
+	if proxy != nil && scheme == "http" {
+		hp.proxyAuth = proxyAuth(proxy)
+	}
+	return hp
 }
 
 // effective returns the policy in force for this pool; a request reads it

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 )
@@ -27,9 +28,10 @@ const (
 // and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// http1 speaks HTTP/1.1 on a conn: one exchange at a time, written with
-// net/http's request writer and read with its response reader, with no
-// goroutine while idle.
+// http1 speaks HTTP/1.1 on a conn: one exchange at a time, with no
+// goroutine while idle. Requests are written by poold's writer
+// (wirewrite.go); response heads in the plain form are read by poold's
+// parser (wireread.go) and every other form by net/http's reader.
 type http1 struct{ c *conn }
 
 func (h *http1) canTakeRequestLocked() bool { return h.c.state == ConnIdle }
@@ -43,27 +45,30 @@ func (h *http1) activeStreamsLocked() int {
 
 func (h *http1) protocol() string { return "HTTP/1.1" }
 
-// exchange is one request and response on a conn. It owns the conn and
-// its buffers from checkout until the response body is finished.
+// exchange is one attempt at a request: it owns the conn and its buffers
+// from checkout until the response body is finished.
 type exchange struct {
 	hp   *hostPool
 	c    *conn
-	req  *http.Request // what goes on the wire (the caller's, shallow-copied)
-	orig *http.Request // the caller's, for resp.Request
+	req  *http.Request // the caller's; never modified
+	body io.ReadCloser // the body sent on this attempt: req.Body or one from GetBody
 	ctx  context.Context
 	eff  Effective
 	tm   *timing
 	end  context.CancelFunc // ends the request-timeout context with the response
 
+	framing reqFraming
+	wire    wireOpts
+
 	reused     bool
-	stopCancel func() bool // disarms the context watcher
+	stopCancel func() bool // disarms the context watcher; nil if the context cannot end
 	writeStart time.Time
 
-	writeDone   chan error // the writer's result; capacity 1
-	wrote       bool       // writeDone has been received (reader-owned)
+	writeDone   chan error // the writer's result when it runs on its own goroutine
+	wrote       bool       // the writer's result is in (reader-owned)
 	writeErr    error      // the writer's result (reader-owned)
 	skippedBody bool       // writer-owned until writeDone: the body was withheld
-	sendBody    *sendBody  // the wrapped request body, if wrapped
+	bodyErr     error      // writer-owned until writeDone: the request body's own failure
 
 	continueCh   chan bool // Expect: 100-continue only: true = send the body
 	continueSent bool      // reader-owned
@@ -71,10 +76,28 @@ type exchange struct {
 
 	ixReason CloseReason // guarded by c.ixMu: why the exchange was interrupted
 	headDone bool        // guarded by c.ixMu: the response head is in
+
+	// Allocated along with the exchange: a request costs one allocation
+	// for all of them.
+	timing timing        // the request's timing, kept by its first attempt
+	tctx   timingContext // the context of resp.Request, carrying tm
+	resp   http.Response // the response, when poold parsed the head itself
+	rbody  body          // the response body
 }
 
-func newExchange(hp *hostPool, c *conn, req, orig *http.Request, ctx context.Context, eff Effective, tm *timing, end context.CancelFunc) *exchange {
-	return &exchange{hp: hp, c: c, req: req, orig: orig, ctx: ctx, eff: eff, tm: tm, end: end}
+// newExchange starts the first attempt at req.
+func newExchange(hp *hostPool, req *http.Request, ctx context.Context, eff Effective, end context.CancelFunc, start time.Time) *exchange {
+	x := &exchange{hp: hp, req: req, body: req.Body, ctx: ctx, eff: eff, end: end}
+	x.timing.start = start
+	x.tm = &x.timing
+	return x
+}
+
+// retry starts the next attempt, with a fresh body and the same timing.
+// The old exchange is not reused: a late context callback may still hold
+// it.
+func (x *exchange) retry(body io.ReadCloser) *exchange {
+	return &exchange{hp: x.hp, req: x.req, body: body, ctx: x.ctx, eff: x.eff, end: x.end, tm: x.tm, wire: x.wire}
 }
 
 func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {
@@ -94,43 +117,31 @@ func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {
 	c.owner = x
 	c.ixMu.Unlock()
 	// Cancellation must interrupt a blocked read or write at once, not at
-	// the next deadline, so the watcher sets a deadline in the past.
-	x.stopCancel = context.AfterFunc(x.ctx, func() { x.interrupt(CloseCanceled) })
-
-	wreq := x.req
-	hasBody := wreq.Body != nil && wreq.Body != http.NoBody
-	// Only bodies that net/http writes after flushing the headers (not
-	// ones it probes first) can be held back for the 100 Continue.
-	hold := hasBody && x.eff.ExpectContinueTimeout > 0 && headerHasToken(wreq.Header, "Expect", "100-continue") &&
-		(wreq.ContentLength > 0 || !usuallyNoBody(wreq.Method))
-	if hold || (hasBody && !inMemory(wreq.Body)) {
-		// net/http hides the body's own read error from Request.Write's
-		// result, so a body that can fail is read through a wrapper that
-		// keeps it. In-memory bodies cannot fail and stay unwrapped, which
-		// lets net/http send small requests in one packet.
-		if hold {
-			x.continueCh = make(chan bool, 1)
-		}
-		x.sendBody = &sendBody{rc: x.req.Body, x: x, hold: hold}
-		wreq = wreq.WithContext(x.ctx)
-		wreq.Body = x.sendBody
+	// the next deadline, so the watcher sets a deadline in the past. A
+	// context that can never end needs no watcher.
+	if x.ctx.Done() != nil {
+		x.stopCancel = context.AfterFunc(x.ctx, func() { x.interrupt(CloseCanceled) })
 	}
-	x.writeDone = make(chan error, 1)
+
+	hasBody := x.body != nil && x.body != http.NoBody
+	if hasBody && x.eff.ExpectContinueTimeout > 0 && headerHasToken(x.req.Header, "Expect", "100-continue") {
+		x.continueCh = make(chan bool, 1)
+	}
 	x.writeStart = time.Now()
 	if hasBody {
 		// The body is written concurrently, so a server that answers early
 		// (say, 413) is heard; the goroutine ends with the exchange, when
 		// the body is written or the conn is closed.
-		go x.write(wreq, c.bw)
+		x.writeDone = make(chan error, 1)
+		go x.writeAsync(c.bw)
 	} else {
-		x.write(wreq, c.bw)
-		x.collectWrite(0)
+		x.wrote, x.writeErr = true, x.write(c.bw)
 		if x.writeErr != nil {
 			return x.fail(x.writeErr)
 		}
 	}
 
-	resp, err := x.readHead(wreq)
+	resp, err := x.readHead()
 	if err != nil {
 		return x.fail(err)
 	}
@@ -145,25 +156,27 @@ func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {
 	x.resolveContinue(false)
 	x.collectWrite(writeWait)
 	reason := x.reuseBlocker(resp)
-	x.tm.attach(resp, x.orig)
+	x.tm.attach(resp, x.req, &x.tctx)
 	if resp.Body == http.NoBody {
 		x.finish(reason)
 		return resp, false, nil
 	}
-	resp.Body = &body{x: x, rc: resp.Body, reason: reason}
+	if resp.Body != &x.rbody {
+		x.rbody.rc = resp.Body // net/http's framing
+	}
+	x.rbody.x, x.rbody.reason = x, reason
+	resp.Body = &x.rbody
 	return resp, false, nil
 }
 
-// write sends the request; it runs on the caller's goroutine or, with a
-// body, on its own. bw is passed in because the conn's field is cleared
-// when the exchange ends, which may be before a stuck writer finishes.
-func (x *exchange) write(r *http.Request, bw *bufio.Writer) {
-	var err error
-	if x.hp.proxy != nil && x.hp.scheme == "http" {
-		err = r.WriteProxy(bw)
-	} else {
-		err = r.Write(bw)
-	}
+// writeAsync runs write on its own goroutine.
+func (x *exchange) writeAsync(bw *bufio.Writer) { x.writeDone <- x.write(bw) }
+
+// write sends the request and arms the response header timeout. bw is
+// passed in because the conn's field is cleared when the exchange ends,
+// which may be before a stuck writer finishes.
+func (x *exchange) write(bw *bufio.Writer) error {
+	err := x.writeRequest(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -171,14 +184,47 @@ func (x *exchange) write(r *http.Request, bw *bufio.Writer) {
 	case err == nil:
 		x.armHeaderTimeout()
 	case !x.skippedBody:
+		if be := (*bodyReadError)(nil); errors.As(err, &be) {
+			x.bodyErr = be.err
+		}
 		x.setHeadDeadline(time.Now().Add(writeErrGrace))
 	}
-	x.writeDone <- err
+	return err
+}
+
+// writeRequest writes the head, then the body: held back for a 100
+// Continue when asked, and after flushing the head when reading it may
+// block, so the server has the head meanwhile. The body is closed at the
+// end, as a RoundTripper must.
+func (x *exchange) writeRequest(bw *bufio.Writer) (err error) {
+	if x.body != nil {
+		defer func() {
+			if cerr := x.body.Close(); cerr != nil && err == nil {
+				err = &bodyReadError{cerr}
+			}
+		}()
+	}
+	if err := writeRequestHead(bw, x.req, x.framing, x.wire); err != nil {
+		return err
+	}
+	if !x.framing.hasBody() {
+		return nil
+	}
+	if x.continueCh != nil || !inMemory(x.body) {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+	if x.continueCh != nil && !x.awaitContinue() {
+		x.skippedBody = true
+		return errSkipBody
+	}
+	return writeRequestBody(bw, x.body, x.framing, x.req.Trailer)
 }
 
 // collectWrite takes the writer's result if it is ready within wait.
 func (x *exchange) collectWrite(wait time.Duration) {
-	if x.wrote {
+	if x.wrote || x.writeDone == nil {
 		return
 	}
 	select {
@@ -200,8 +246,10 @@ func (x *exchange) collectWrite(wait time.Duration) {
 }
 
 // readHead reads the response head, skipping 1xx responses and releasing
-// the body on 100 Continue.
-func (x *exchange) readHead(wreq *http.Request) (*http.Response, error) {
+// the body on 100 Continue. A head in the plain form is parsed by poold
+// into x.resp at no cost beyond its strings; any other form, 1xx
+// included, goes to net/http's reader.
+func (x *exchange) readHead() (*http.Response, error) {
 	c := x.c
 	c.rd.limit = int64(x.eff.MaxResponseHeaderBytes)
 	if _, err := c.br.Peek(1); err != nil {
@@ -210,12 +258,28 @@ func (x *exchange) readHead(wreq *http.Request) (*http.Response, error) {
 	x.gotByte = true
 	x.tm.firstByte(time.Since(x.writeStart))
 	for n := 0; ; n++ {
-		resp, err := http.ReadResponse(c.br, wreq)
+		resp := &x.resp
+		f, ok, err := parseResponseHead(c.br, x.req.Method, resp)
+		switch {
+		case err != nil:
+			return nil, err
+		case ok:
+			c.rd.limit = -1
+			resp.Request = x.req
+			resp.Body = http.NoBody
+			if f.chunked || f.length > 0 {
+				x.rbody.fr.reset(c.br, f, resp)
+				x.rbody.rc = &x.rbody.fr
+				resp.Body = &x.rbody
+			}
+			return resp, nil
+		}
+		resp, err = http.ReadResponse(c.br, x.req)
 		if err != nil {
 			return nil, err
 		}
 		code := resp.StatusCode
-		if code == http.StatusSwitchingProtocols && !asksUpgrade(wreq.Header) {
+		if code == http.StatusSwitchingProtocols && !asksUpgrade(x.req.Header) {
 			// RFC 9110 section 15.2.2: a server must not switch to a
 			// protocol the request did not offer. Handing the conn over
 			// would leave the caller reading a raw socket that no
@@ -250,7 +314,7 @@ func (x *exchange) reuseBlocker(resp *http.Response) CloseReason {
 		// Connection: close, HTTP/1.0 without keep-alive, or a body that
 		// runs to EOF.
 		return CloseServerClosed
-	case x.req.Close || headerHasToken(x.req.Header, "Connection", "close"):
+	case x.wire.close || headerHasToken(x.req.Header, "Connection", "close"):
 		return CloseUnusable
 	case !x.wrote:
 		return CloseUnusable // the response beat the body: the rest of it is in flight
@@ -264,7 +328,9 @@ func (x *exchange) reuseBlocker(resp *http.Response) CloseReason {
 // late interrupt can no longer touch the conn. It returns why x was
 // interrupted, if it was.
 func (x *exchange) detach() CloseReason {
-	x.stopCancel()
+	if x.stopCancel != nil {
+		x.stopCancel()
+	}
 	c := x.c
 	c.ixMu.Lock()
 	defer c.ixMu.Unlock()
@@ -287,7 +353,7 @@ func (x *exchange) fail(err error) (*http.Response, bool, error) {
 	writerFailed := x.wrote && x.writeErr != nil
 	c.closeNow()
 	if !x.wrote {
-		closeRequestBody(x.req)
+		closeBody(x.body)
 		x.collectWrite(writeWait)
 	}
 	connWriteErr := writerFailed && c.wr.err != nil
@@ -307,8 +373,8 @@ func (x *exchange) fail(err error) (*http.Response, bool, error) {
 		reason = CloseShutdown
 	case bodyErr:
 		phase, cause = PhaseWrite, x.writeErr
-		if x.sendBody != nil && x.sendBody.err != nil {
-			cause = x.sendBody.err
+		if x.bodyErr != nil {
+			cause = x.bodyErr
 		}
 	case c.rd.tripped:
 		cause = errHeaderTooLarge
@@ -357,7 +423,7 @@ func (x *exchange) finish(reason CloseReason) {
 	if reason != "" {
 		c.closeNow()
 		if !x.wrote {
-			closeRequestBody(x.req)
+			closeBody(x.body)
 		}
 	}
 	c.returnBuffers(x.wrote)
@@ -382,7 +448,7 @@ func (x *exchange) upgrade(resp *http.Response) *http.Response {
 	c.rd.limit = -1
 	x.collectWrite(0)
 	c.returnBuffers(x.wrote)
-	x.tm.attach(resp, x.orig)
+	x.tm.attach(resp, x.req, &x.tctx)
 	x.tm.finish()
 	x.end()
 	x.hp.detach(c)

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // proxyFor picks the proxy for an origin from the effective ProxyURL:
@@ -83,12 +85,5 @@ func hostPort(host, port string) string { return net.JoinHostPort(host, port) }
 // headerHasToken reports whether a comma-separated header (such as
 // Connection) lists token, ignoring case.
 func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h[name] {
-		for _, part := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(part), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return httpguts.HeaderValuesContainsToken(h[name], token)
 }

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"time"
 )
@@ -19,24 +20,34 @@ func (hp *hostPool) roundTrip(req *http.Request, start time.Time) (*http.Respons
 			ctx, end = context.WithTimeoutCause(ctx, eff.RequestTimeout, ErrRequestTimeout)
 		}
 	}
-	tm := &timing{start: start}
-	out := hp.outgoing(req, ctx, eff)
+	x := newExchange(hp, req, ctx, eff, end, start)
+	x.wire = wireOpts{
+		absoluteForm: hp.proxy != nil && hp.scheme == "http",
+		close:        req.Close || eff.DisableKeepAlives,
+		proxyAuth:    hp.proxyAuth,
+	}
 	for attempt := 1; ; attempt++ {
-		tm.attempt(attempt)
-		c, err := hp.getConn(ctx, tm)
+		x.tm.attempt(attempt)
+		framing, err := requestFraming(req, x.body)
 		if err != nil {
-			closeRequestBody(out)
+			err = &Error{Phase: PhaseWrite, Host: hp.key, Err: err}
+		} else {
+			x.framing = framing
+			x.c, err = hp.getConn(ctx, x.tm)
+		}
+		if err != nil {
+			closeBody(x.body)
 			end()
 			return nil, hp.failed(err)
 		}
-		resp, retryable, err := c.proto.roundTrip(newExchange(hp, c, out, req, ctx, eff, tm, end))
+		resp, retryable, err := x.c.proto.roundTrip(x)
 		if err == nil {
 			return resp, nil
 		}
-		if retryable && attempt <= int(eff.MaxRetries) && replayable(out) && ctx.Err() == nil {
-			next, rerr := rewind(out)
+		if retryable && attempt <= int(eff.MaxRetries) && replayable(req) && ctx.Err() == nil {
+			body, rerr := rewind(req)
 			if rerr == nil {
-				out = next
+				x = x.retry(body)
 				hp.stats.retries.Add(1)
 				continue
 			}
@@ -45,26 +56,6 @@ func (hp *hostPool) roundTrip(req *http.Request, start time.Time) (*http.Respons
 		end()
 		return nil, hp.failed(err)
 	}
-}
-
-// outgoing is the request as it goes on the wire: the caller's, shallow
-// copied, with the request context, the policy's Connection: close and
-// proxy credentials added.
-func (hp *hostPool) outgoing(req *http.Request, ctx context.Context, eff Effective) *http.Request {
-	r := req.WithContext(ctx)
-	if eff.DisableKeepAlives {
-		r.Close = true
-	}
-	if hp.proxy != nil && hp.scheme == "http" {
-		if auth := proxyAuth(hp.proxy); auth != "" && r.Header.Get("Proxy-Authorization") == "" {
-			r.Header = r.Header.Clone()
-			if r.Header == nil {
-				r.Header = make(http.Header)
-			}
-			r.Header.Set("Proxy-Authorization", auth)
-		}
-	}
-	return r
 }
 
 // replayable reports whether sending r again is safe: it is idempotent and
@@ -82,18 +73,12 @@ func replayable(r *http.Request) bool {
 	return a || b
 }
 
-// rewind returns r with a fresh body for another attempt.
-func rewind(r *http.Request) (*http.Request, error) {
+// rewind returns a fresh body for another attempt at r.
+func rewind(r *http.Request) (io.ReadCloser, error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return r, nil
+		return r.Body, nil
 	}
-	b, err := r.GetBody()
-	if err != nil {
-		return nil, err
-	}
-	next := r.WithContext(r.Context())
-	next.Body = b
-	return next, nil
+	return r.GetBody()
 }
 
 // failed counts a request's failure and returns err.

@@ -51,10 +51,26 @@ func TimingFrom(resp *http.Response) (Timing, bool) {
 	return t, true
 }
 
+// timingContext is the caller's context plus the request's timing: what
+// context.WithValue would make, but allocated with the exchange.
+type timingContext struct {
+	context.Context
+	tm *timing
+}
+
+func (c *timingContext) Value(key any) any {
+	if key == (timingKey{}) {
+		return c.tm
+	}
+	return c.Context.Value(key)
+}
+
 // attach makes the timing reachable from resp, without touching the
-// caller's request: resp.Request becomes a shallow copy carrying it.
-func (tm *timing) attach(resp *http.Response, orig *http.Request) {
-	resp.Request = orig.WithContext(context.WithValue(orig.Context(), timingKey{}, tm))
+// caller's request: resp.Request becomes a shallow copy whose context, tc,
+// carries it.
+func (tm *timing) attach(resp *http.Response, orig *http.Request, tc *timingContext) {
+	tc.Context, tc.tm = orig.Context(), tm
+	resp.Request = orig.WithContext(tc)
 }
 
 func (tm *timing) attempt(n int) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,92 @@ func TestResponsesThatBreakHTTPAreProtocolErrors(t *testing.T) {
 				t.Errorf("error %v does not wrap ErrProtocol", err)
 			}
 		})
+	}
+}
+
+// Every form of response head reaches the caller alike, whether the engine
+// parses it itself or leaves it to net/http, and the conn is reused exactly
+// when the framing allows.
+func TestResponseFormsFromBothReaders(t *testing.T) {
+	tests := []struct {
+		name    string
+		raw     string
+		body    string
+		header  http.Header // fields that must be there
+		trailer http.Header
+		reused  bool // the next request reuses the conn
+	}{
+		{name: "content-length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+			body: "hello", header: http.Header{"X-A": {"1"}}, reused: true},
+		{name: "chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+			body: "hello", reused: true},
+		{name: "chunked with a trailer", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+			body: "hello", trailer: http.Header{"X-Sum": {"42"}}, reused: true},
+		{name: "declared trailer (net/http reads it)", raw: "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+			body: "hello", trailer: http.Header{"X-Sum": {"42"}}, reused: true},
+		{name: "folded field (net/http reads it)", raw: "HTTP/1.1 200 OK\r\nX-Long: a\r\n b\r\nContent-Length: 5\r\n\r\nhello",
+			body: "hello", header: http.Header{"X-Long": {"a b"}}, reused: true},
+		{name: "non-ASCII value (net/http reads it)", raw: "HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 5\r\n\r\nhello",
+			body: "hello", header: http.Header{"X-Name": {"caf\xe9"}}, reused: true},
+		{name: "HTTP/1.0 keep-alive (net/http reads it)", raw: "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
+			body: "hello", reused: true},
+		{name: "HTTP/1.0 (net/http reads it)", raw: "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+			body: "hello", reused: false},
+		{name: "connection close", raw: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+			body: "hello", reused: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+				return s.write(tt.raw)
+			})
+			e := newTestEngine(t, Options{})
+			resp, err := e.RoundTrip(newRequest(t, context.Background(), "GET", u.URL, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || string(b) != tt.body {
+				t.Fatalf("body %q, %v; want %q", b, err, tt.body)
+			}
+			for k, want := range tt.header {
+				if got := resp.Header[k]; !slices.Equal(got, want) {
+					t.Errorf("header %s = %q, want %q", k, got, want)
+				}
+			}
+			for k, want := range tt.trailer {
+				if got := resp.Trailer[k]; !slices.Equal(got, want) {
+					t.Errorf("trailer %s = %q, want %q", k, got, want)
+				}
+			}
+			if _, ok := TimingFrom(resp); !ok {
+				t.Error("no timing on the response")
+			}
+			again := mustGet(t, e, u.URL)
+			if again.timing.Reused != tt.reused {
+				t.Errorf("next request reused the conn: %v, want %v", again.timing.Reused, tt.reused)
+			}
+		})
+	}
+}
+
+func TestTruncatedBodiesFailInTheBodyPhase(t *testing.T) {
+	for _, raw := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+	} {
+		u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
+			s.write(raw)
+			return false // close the conn mid-body
+		})
+		e := newTestEngine(t, Options{})
+		_, err := do(e, newRequest(t, context.Background(), "GET", u.URL, ""))
+		if pe := poolError(t, err, PhaseBody); !errors.Is(pe, io.ErrUnexpectedEOF) {
+			t.Errorf("%q: error %v, want unexpected EOF", raw, err)
+		}
+		if h := hostStats(t, e, u); h.Idle != 0 || h.Active != 0 {
+			t.Errorf("%q: %d idle, %d active after the failure", raw, h.Idle, h.Active)
+		}
 	}
 }
