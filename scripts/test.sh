@@ -26,6 +26,9 @@ go test -race -count=1 -timeout=20m ./...
 step "1 GiB each way through Stream in bounded memory (without the race detector, which would slow it tenfold)"
 go test -count=1 -run '^TestStreamMovesLargeBodiesBothWaysInBoundedMemory$' -v ./server | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
 
+step "allocations per request, pinned (without the race detector, which allocates on its own account)"
+go test -count=1 -run 'TestRoundTripAllocations|TestParseResponseHeadAllocs|TestRequestHeadWritesWithoutAllocating' -v ./pool | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
+
 step "chaos soak: 60s of hostile upstreams, cancels and policy swaps"
 POOLD_SOAK_DURATION=${POOLD_SOAK_DURATION:-60s} go test -race -count=1 -run '^TestSoak$' -v ./server | grep -E '^ *(--- |soak)|^(ok|FAIL|PASS)'
 
