@@ -143,8 +143,7 @@ func scanHead(br *bufio.Reader) (n, lines int, ok bool, err error) {
 		want = 1
 	}
 	for {
-		buf, err := br.Peek(want)
-		if err != nil {
+		if _, err := br.Peek(want); err != nil {
 			// want is at most one more than was buffered and at most
 			// br.Size(), so an error means no new byte came.
 			if err == io.EOF {
@@ -152,7 +151,7 @@ func scanHead(br *bufio.Reader) (n, lines int, ok bool, err error) {
 			}
 			return 0, 0, false, err
 		}
-		buf, _ = br.Peek(br.Buffered())
+		buf, _ := br.Peek(br.Buffered())
 		for {
 			line := buf[lineStart:]
 			if lineStart > 0 && len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
@@ -511,14 +510,13 @@ func peekDoubleCRLF(br *bufio.Reader) (bool, error) {
 	from := 0
 	want := max(br.Buffered(), 1)
 	for {
-		buf, err := br.Peek(want)
-		if err != nil {
+		if _, err := br.Peek(want); err != nil {
 			if err == io.EOF {
 				return false, nil
 			}
 			return false, err
 		}
-		buf, _ = br.Peek(br.Buffered())
+		buf, _ := br.Peek(br.Buffered())
 		if bytes.Contains(buf[from:], doubleCRLF) {
 			return true, nil
 		}
