@@ -147,23 +147,7 @@ func BenchmarkParallelGET(b *testing.B) {
 	for _, size := range []struct{ name, path string }{{"body=100B", "/100"}, {"body=16KiB", "/16k"}} {
 		for _, name := range []string{"engine=poold", "engine=net-http"} {
 			b.Run(size.name+"/"+name, func(b *testing.B) {
-				rt, closeRT := newTransport(b, name, 256)
-				defer closeRT()
-				url := "http://" + addr + size.path
-				b.ReportAllocs()
-				b.ResetTimer()
-				b.RunParallel(func(pb *testing.PB) {
-					req, _ := http.NewRequest("GET", url, nil)
-					for pb.Next() {
-						resp, err := rt.RoundTrip(req)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-					}
-				})
+				parallelGET(b, name, context.Background(), "http://"+addr+size.path)
 			})
 		}
 	}
@@ -177,27 +161,32 @@ func BenchmarkParallelGETWithDeadline(b *testing.B) {
 	addr := startUpstreamProcess(b)
 	for _, name := range []string{"engine=poold", "engine=net-http"} {
 		b.Run(name, func(b *testing.B) {
-			rt, closeRT := newTransport(b, name, 256)
-			defer closeRT()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 			defer cancel()
-			url := "http://" + addr + "/100"
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-				for pb.Next() {
-					resp, err := rt.RoundTrip(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-			})
+			parallelGET(b, name, ctx, "http://"+addr+"/100")
 		})
 	}
+}
+
+// parallelGET runs GETs of url with ctx on the named engine from every
+// benchmark goroutine, reading each body to the end.
+func parallelGET(b *testing.B, name string, ctx context.Context, url string) {
+	rt, closeRT := newTransport(b, name, 256)
+	defer closeRT()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		for pb.Next() {
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
 }
 
 // BenchmarkIdleConns opens 10,000 connections at once, lets them go idle,
