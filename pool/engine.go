@@ -148,7 +148,8 @@ func New(opts Options) (*Engine, error) {
 // reused. Errors are *Error values naming the failed phase.
 func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
-	if err := checkRequest(req); err != nil {
+	framing, err := checkRequest(req)
+	if err != nil {
 		closeBody(req.Body)
 		return nil, err
 	}
@@ -162,40 +163,42 @@ func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req.Body)
 		return nil, err
 	}
-	return hp.roundTrip(req, start)
+	return hp.roundTrip(req, framing, start)
 }
 
-// checkRequest refuses what cannot be framed safely on the wire.
-func checkRequest(req *http.Request) error {
+// checkRequest refuses what cannot be framed safely on the wire, and
+// otherwise says how the body is framed.
+func checkRequest(req *http.Request) (reqFraming, error) {
 	bad := func(format string, args ...any) error {
 		return &Error{Phase: PhaseWrite, Err: fmt.Errorf("%w: "+format, append([]any{ErrInvalidRequest}, args...)...)}
 	}
 	if req.URL == nil {
-		return bad("nil URL")
+		return reqFraming{}, bad("nil URL")
 	}
 	if _, _, _, ok := originOf(req.URL); !ok {
-		return bad("URL must be http or https with a host, got %q", req.URL.Redacted())
+		return reqFraming{}, bad("URL must be http or https with a host, got %q", req.URL.Redacted())
 	}
 	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
-		return bad("method %q", req.Method)
+		return reqFraming{}, bad("method %q", req.Method)
 	}
 	if hasCTL(req.URL.Opaque) || hasCTL(req.URL.EscapedPath()) || hasCTL(req.URL.RawQuery) {
-		return bad("control character in the request target")
+		return reqFraming{}, bad("control character in the request target")
 	}
-	if _, err := requestFraming(req, req.Body); err != nil {
-		return &Error{Phase: PhaseWrite, Err: err}
+	framing, err := requestFraming(req)
+	if err != nil {
+		return reqFraming{}, &Error{Phase: PhaseWrite, Err: err}
 	}
 	for k, vs := range req.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return bad("header field name %q", k)
+			return reqFraming{}, bad("header field name %q", k)
 		}
 		for _, v := range vs {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return bad("header %q has a value with control characters", k)
+				return reqFraming{}, bad("header %q has a value with control characters", k)
 			}
 		}
 	}
-	return nil
+	return framing, nil
 }
 
 // hasCTL reports whether s holds a byte that would split a request line.

@@ -25,9 +25,11 @@ type hostPool struct {
 	addr   string   // host:port
 	proxy  *url.URL // nil when direct
 
-	// proxyAuth is the Proxy-Authorization that requests sent through an
-	// HTTP proxy carry, from the proxy URL's credentials.
-	proxyAuth string
+	// viaHTTPProxy says requests go to the proxy itself, in absolute
+	// form; https goes through a CONNECT tunnel instead. proxyAuth is the
+	// Proxy-Authorization they carry, from the proxy URL's credentials.
+	viaHTTPProxy bool
+	proxyAuth    string
 
 	stats hostCounters // atomics
 
@@ -49,7 +51,7 @@ func newHostPool(e *Engine, key, scheme, host, port string, proxy *url.URL, snap
 		snap: snap, eff: eff, conns: make(map[*conn]struct{}),
 	}
 	if proxy != nil && scheme == "http" {
-		hp.proxyAuth = proxyAuth(proxy)
+		hp.viaHTTPProxy, hp.proxyAuth = true, proxyAuth(proxy)
 	}
 	return hp
 }

@@ -97,7 +97,8 @@ func newExchange(hp *hostPool, req *http.Request, ctx context.Context, eff Effec
 // The old exchange is not reused: a late context callback may still hold
 // it.
 func (x *exchange) retry(body io.ReadCloser) *exchange {
-	return &exchange{hp: x.hp, req: x.req, body: body, ctx: x.ctx, eff: x.eff, end: x.end, tm: x.tm, wire: x.wire}
+	return &exchange{hp: x.hp, req: x.req, body: body, ctx: x.ctx, eff: x.eff, end: x.end, tm: x.tm,
+		framing: x.framing, wire: x.wire}
 }
 
 func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {

@@ -10,7 +10,7 @@ import (
 
 // roundTrip runs one request on the pool: reads the policy once, applies
 // the request timeout, and retries what the keep-alive race broke.
-func (hp *hostPool) roundTrip(req *http.Request, start time.Time) (*http.Response, error) {
+func (hp *hostPool) roundTrip(req *http.Request, framing reqFraming, start time.Time) (*http.Response, error) {
 	hp.stats.requests.Add(1)
 	eff := hp.effective()
 	ctx := req.Context()
@@ -21,20 +21,16 @@ func (hp *hostPool) roundTrip(req *http.Request, start time.Time) (*http.Respons
 		}
 	}
 	x := newExchange(hp, req, ctx, eff, end, start)
+	x.framing = framing
 	x.wire = wireOpts{
-		absoluteForm: hp.proxy != nil && hp.scheme == "http",
+		absoluteForm: hp.viaHTTPProxy,
 		close:        req.Close || eff.DisableKeepAlives,
 		proxyAuth:    hp.proxyAuth,
 	}
 	for attempt := 1; ; attempt++ {
 		x.tm.attempt(attempt)
-		framing, err := requestFraming(req, x.body)
-		if err != nil {
-			err = &Error{Phase: PhaseWrite, Host: hp.key, Err: err}
-		} else {
-			x.framing = framing
-			x.c, err = hp.getConn(ctx, x.tm)
-		}
+		var err error
+		x.c, err = hp.getConn(ctx, x.tm)
 		if err != nil {
 			closeBody(x.body)
 			end()

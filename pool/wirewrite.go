@@ -52,9 +52,11 @@ type bodyReadError struct{ err error }
 func (e *bodyReadError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *bodyReadError) Unwrap() error { return e.err }
 
-// requestFraming frames body, the body sent on this attempt (r.Body or a
-// fresh one from r.GetBody), as net/http would.
-func requestFraming(r *http.Request, body io.ReadCloser) (reqFraming, error) {
+// requestFraming frames r's body as net/http would. A retry sends a body
+// from r.GetBody, which is nil or NoBody exactly when r.Body is, so the
+// framing holds for every attempt.
+func requestFraming(r *http.Request) (reqFraming, error) {
+	body := r.Body
 	if len(r.TransferEncoding) > 0 && (len(r.TransferEncoding) > 1 || r.TransferEncoding[0] != "chunked") {
 		return reqFraming{}, fmt.Errorf("%w: unsupported TransferEncoding %q", ErrInvalidRequest, r.TransferEncoding)
 	}
@@ -86,7 +88,7 @@ func writeRequestHead(w *bufio.Writer, r *http.Request, f reqFraming, o wireOpts
 	}
 	host, err := httpguts.PunycodeHostPort(host)
 	if err != nil {
-		return fmt.Errorf("%w: Host %q: %w", ErrInvalidRequest, host, err)
+		return fmt.Errorf("%w: Host: %w", ErrInvalidRequest, err)
 	}
 	if !httpguts.ValidHostHeader(host) {
 		// As net/http: an invalid Host is sent empty (valid per RFC 9112
@@ -178,7 +180,9 @@ func writeRequestTarget(w *bufio.Writer, u *url.URL, method, host string, absolu
 }
 
 // writeTargetPart writes part of the request target, refusing control
-// bytes that would split the request line.
+// bytes that would split the request line. checkRequest refuses them
+// before a conn is taken; this is the last line, for the writer's own
+// sake.
 func writeTargetPart(w *bufio.Writer, s string) error {
 	if hasCTL(s) {
 		return fmt.Errorf("%w: control character in the request target", ErrInvalidRequest)
