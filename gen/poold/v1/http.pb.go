@@ -7,6 +7,7 @@
 package pooldv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -677,11 +678,145 @@ func (x *StreamEnd) GetTiming() *Timing {
 	return nil
 }
 
+// PipelineRequest is one message of a Pipeline call: a request to run, or
+// the cancellation of one.
+type PipelineRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Caller-chosen id of the request, echoed in its PipelineResponse. Must
+	// not be the id of a request still outstanding on this stream; ids may be
+	// reused once answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The request to run. Required unless cancel is set.
+	Request *DoRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// When true, cancels the outstanding request with this id instead of
+	// starting one; request must be unset.
+	Cancel        bool `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineRequest) Reset() {
+	*x = PipelineRequest{}
+	mi := &file_poold_v1_http_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineRequest) ProtoMessage() {}
+
+func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_poold_v1_http_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
+func (*PipelineRequest) Descriptor() ([]byte, []int) {
+	return file_poold_v1_http_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PipelineRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PipelineRequest) GetRequest() *DoRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PipelineRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// PipelineResponse is the outcome of one pipelined request: exactly one of
+// response and error is set.
+type PipelineResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the PipelineRequest this answers.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The upstream's response, as Do returns it.
+	Response *DoResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// Why the request did not complete: the code, message and details
+	// (ErrorInfo, BadRequest) Do would have returned as its gRPC status.
+	Error         *status.Status `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_poold_v1_http_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_poold_v1_http_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_poold_v1_http_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PipelineResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PipelineResponse) GetResponse() *DoResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *PipelineResponse) GetError() *status.Status {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_poold_v1_http_proto protoreflect.FileDescriptor
 
 const file_poold_v1_http_proto_rawDesc = "" +
 	"\n" +
-	"\x13poold/v1/http.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\"2\n" +
+	"\x13poold/v1/http.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xcf\x01\n" +
@@ -727,10 +862,19 @@ const file_poold_v1_http_proto_rawDesc = "" +
 	"\x03msg\"c\n" +
 	"\tStreamEnd\x12,\n" +
 	"\btrailers\x18\x01 \x03(\v2\x10.poold.v1.HeaderR\btrailers\x12(\n" +
-	"\x06timing\x18\x02 \x01(\v2\x10.poold.v1.TimingR\x06timing2\x7f\n" +
+	"\x06timing\x18\x02 \x01(\v2\x10.poold.v1.TimingR\x06timing\"h\n" +
+	"\x0fPipelineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
+	"\arequest\x18\x02 \x01(\v2\x13.poold.v1.DoRequestR\arequest\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"~\n" +
+	"\x10PipelineResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\bresponse\x18\x02 \x01(\v2\x14.poold.v1.DoResponseR\bresponse\x12(\n" +
+	"\x05error\x18\x03 \x01(\v2\x12.google.rpc.StatusR\x05error2\xc6\x01\n" +
 	"\vHTTPService\x12/\n" +
 	"\x02Do\x12\x13.poold.v1.DoRequest\x1a\x14.poold.v1.DoResponse\x12?\n" +
-	"\x06Stream\x12\x17.poold.v1.StreamRequest\x1a\x18.poold.v1.StreamResponse(\x010\x01B\x87\x01\n" +
+	"\x06Stream\x12\x17.poold.v1.StreamRequest\x1a\x18.poold.v1.StreamResponse(\x010\x01\x12E\n" +
+	"\bPipeline\x12\x19.poold.v1.PipelineRequest\x1a\x1a.poold.v1.PipelineResponse(\x010\x01B\x87\x01\n" +
 	"\fcom.poold.v1B\tHttpProtoP\x01Z+github.com/poold/poold/gen/poold/v1;pooldv1\xa2\x02\x03PXX\xaa\x02\bPoold.V1\xca\x02\bPoold\\V1\xe2\x02\x14Poold\\V1\\GPBMetadata\xea\x02\tPoold::V1b\x06proto3"
 
 var (
@@ -745,7 +889,7 @@ func file_poold_v1_http_proto_rawDescGZIP() []byte {
 	return file_poold_v1_http_proto_rawDescData
 }
 
-var file_poold_v1_http_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_poold_v1_http_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_poold_v1_http_proto_goTypes = []any{
 	(*Header)(nil),              // 0: poold.v1.Header
 	(*DoRequest)(nil),           // 1: poold.v1.DoRequest
@@ -754,35 +898,43 @@ var file_poold_v1_http_proto_goTypes = []any{
 	(*StreamRequest)(nil),       // 4: poold.v1.StreamRequest
 	(*StreamResponse)(nil),      // 5: poold.v1.StreamResponse
 	(*StreamEnd)(nil),           // 6: poold.v1.StreamEnd
-	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
+	(*PipelineRequest)(nil),     // 7: poold.v1.PipelineRequest
+	(*PipelineResponse)(nil),    // 8: poold.v1.PipelineResponse
+	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
+	(*status.Status)(nil),       // 10: google.rpc.Status
 }
 var file_poold_v1_http_proto_depIdxs = []int32{
 	0,  // 0: poold.v1.DoRequest.headers:type_name -> poold.v1.Header
-	7,  // 1: poold.v1.DoRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 1: poold.v1.DoRequest.timeout:type_name -> google.protobuf.Duration
 	0,  // 2: poold.v1.DoResponse.headers:type_name -> poold.v1.Header
 	0,  // 3: poold.v1.DoResponse.trailers:type_name -> poold.v1.Header
 	3,  // 4: poold.v1.DoResponse.timing:type_name -> poold.v1.Timing
-	7,  // 5: poold.v1.Timing.idle_time:type_name -> google.protobuf.Duration
-	7,  // 6: poold.v1.Timing.queued:type_name -> google.protobuf.Duration
-	7,  // 7: poold.v1.Timing.dns:type_name -> google.protobuf.Duration
-	7,  // 8: poold.v1.Timing.connect:type_name -> google.protobuf.Duration
-	7,  // 9: poold.v1.Timing.tls_handshake:type_name -> google.protobuf.Duration
-	7,  // 10: poold.v1.Timing.time_to_first_byte:type_name -> google.protobuf.Duration
-	7,  // 11: poold.v1.Timing.total:type_name -> google.protobuf.Duration
+	9,  // 5: poold.v1.Timing.idle_time:type_name -> google.protobuf.Duration
+	9,  // 6: poold.v1.Timing.queued:type_name -> google.protobuf.Duration
+	9,  // 7: poold.v1.Timing.dns:type_name -> google.protobuf.Duration
+	9,  // 8: poold.v1.Timing.connect:type_name -> google.protobuf.Duration
+	9,  // 9: poold.v1.Timing.tls_handshake:type_name -> google.protobuf.Duration
+	9,  // 10: poold.v1.Timing.time_to_first_byte:type_name -> google.protobuf.Duration
+	9,  // 11: poold.v1.Timing.total:type_name -> google.protobuf.Duration
 	1,  // 12: poold.v1.StreamRequest.head:type_name -> poold.v1.DoRequest
 	2,  // 13: poold.v1.StreamResponse.head:type_name -> poold.v1.DoResponse
 	6,  // 14: poold.v1.StreamResponse.end:type_name -> poold.v1.StreamEnd
 	0,  // 15: poold.v1.StreamEnd.trailers:type_name -> poold.v1.Header
 	3,  // 16: poold.v1.StreamEnd.timing:type_name -> poold.v1.Timing
-	1,  // 17: poold.v1.HTTPService.Do:input_type -> poold.v1.DoRequest
-	4,  // 18: poold.v1.HTTPService.Stream:input_type -> poold.v1.StreamRequest
-	2,  // 19: poold.v1.HTTPService.Do:output_type -> poold.v1.DoResponse
-	5,  // 20: poold.v1.HTTPService.Stream:output_type -> poold.v1.StreamResponse
-	19, // [19:21] is the sub-list for method output_type
-	17, // [17:19] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	1,  // 17: poold.v1.PipelineRequest.request:type_name -> poold.v1.DoRequest
+	2,  // 18: poold.v1.PipelineResponse.response:type_name -> poold.v1.DoResponse
+	10, // 19: poold.v1.PipelineResponse.error:type_name -> google.rpc.Status
+	1,  // 20: poold.v1.HTTPService.Do:input_type -> poold.v1.DoRequest
+	4,  // 21: poold.v1.HTTPService.Stream:input_type -> poold.v1.StreamRequest
+	7,  // 22: poold.v1.HTTPService.Pipeline:input_type -> poold.v1.PipelineRequest
+	2,  // 23: poold.v1.HTTPService.Do:output_type -> poold.v1.DoResponse
+	5,  // 24: poold.v1.HTTPService.Stream:output_type -> poold.v1.StreamResponse
+	8,  // 25: poold.v1.HTTPService.Pipeline:output_type -> poold.v1.PipelineResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_poold_v1_http_proto_init() }
@@ -805,7 +957,7 @@ func file_poold_v1_http_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poold_v1_http_proto_rawDesc), len(file_poold_v1_http_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	HTTPService_Do_FullMethodName     = "/poold.v1.HTTPService/Do"
-	HTTPService_Stream_FullMethodName = "/poold.v1.HTTPService/Stream"
+	HTTPService_Do_FullMethodName       = "/poold.v1.HTTPService/Do"
+	HTTPService_Stream_FullMethodName   = "/poold.v1.HTTPService/Stream"
+	HTTPService_Pipeline_FullMethodName = "/poold.v1.HTTPService/Pipeline"
 )
 
 // HTTPServiceClient is the client API for HTTPService service.
@@ -47,6 +48,33 @@ type HTTPServiceClient interface {
 	// The first StreamRequest must carry the head; the client's half-close ends
 	// the request body. Memory use does not grow with the body size.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error)
+	// Pipeline runs many requests over one bidirectional stream, for callers
+	// that send many: the per-call cost of gRPC is paid once per stream, not
+	// once per request.
+	//
+	// Each PipelineRequest carries a caller-chosen id and a DoRequest; each
+	// gets exactly one PipelineResponse with the same id, as soon as it
+	// completes, in any order. A request runs exactly as Do would run it
+	// (validation, egress rules, policies, redirects, body limits) and its
+	// outcome is its own: an HTTP response, or an error carried as a
+	// google.rpc.Status with the code and ErrorInfo reason Do would return.
+	// One request's failure never ends the stream.
+	//
+	// A request's own deadline is DoRequest.timeout (with the policy's
+	// request_timeout); the stream's deadline bounds them all. A message with
+	// cancel set cancels the outstanding request with that id, which then
+	// answers CANCELLED; a cancel for an id that is not outstanding is
+	// ignored, since its response may already be on the way.
+	//
+	// The stream is bounded: poold runs at most --max-pipeline-depth requests
+	// of one stream at once (sent in the response header metadata
+	// "poold-pipeline-depth") and reads no further message until one
+	// completes, so gRPC flow control is the only buffer. Each request counts
+	// against --max-in-flight; over it, that request fails with
+	// RESOURCE_EXHAUSTED, reason OVERLOADED. An id already outstanding fails
+	// that request with INVALID_ARGUMENT. After the caller half-closes, the
+	// outstanding requests complete and the stream ends with OK.
+	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 }
 
 type hTTPServiceClient struct {
@@ -80,6 +108,19 @@ func (c *hTTPServiceClient) Stream(ctx context.Context, opts ...grpc.CallOption)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type HTTPService_StreamClient = grpc.BidiStreamingClient[StreamRequest, StreamResponse]
 
+func (c *hTTPServiceClient) Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &HTTPService_ServiceDesc.Streams[1], HTTPService_Pipeline_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PipelineRequest, PipelineResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type HTTPService_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, PipelineResponse]
+
 // HTTPServiceServer is the server API for HTTPService service.
 // All implementations must embed UnimplementedHTTPServiceServer
 // for forward compatibility.
@@ -104,6 +145,33 @@ type HTTPServiceServer interface {
 	// The first StreamRequest must carry the head; the client's half-close ends
 	// the request body. Memory use does not grow with the body size.
 	Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error
+	// Pipeline runs many requests over one bidirectional stream, for callers
+	// that send many: the per-call cost of gRPC is paid once per stream, not
+	// once per request.
+	//
+	// Each PipelineRequest carries a caller-chosen id and a DoRequest; each
+	// gets exactly one PipelineResponse with the same id, as soon as it
+	// completes, in any order. A request runs exactly as Do would run it
+	// (validation, egress rules, policies, redirects, body limits) and its
+	// outcome is its own: an HTTP response, or an error carried as a
+	// google.rpc.Status with the code and ErrorInfo reason Do would return.
+	// One request's failure never ends the stream.
+	//
+	// A request's own deadline is DoRequest.timeout (with the policy's
+	// request_timeout); the stream's deadline bounds them all. A message with
+	// cancel set cancels the outstanding request with that id, which then
+	// answers CANCELLED; a cancel for an id that is not outstanding is
+	// ignored, since its response may already be on the way.
+	//
+	// The stream is bounded: poold runs at most --max-pipeline-depth requests
+	// of one stream at once (sent in the response header metadata
+	// "poold-pipeline-depth") and reads no further message until one
+	// completes, so gRPC flow control is the only buffer. Each request counts
+	// against --max-in-flight; over it, that request fails with
+	// RESOURCE_EXHAUSTED, reason OVERLOADED. An id already outstanding fails
+	// that request with INVALID_ARGUMENT. After the caller half-closes, the
+	// outstanding requests complete and the stream ends with OK.
+	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	mustEmbedUnimplementedHTTPServiceServer()
 }
 
@@ -119,6 +187,9 @@ func (UnimplementedHTTPServiceServer) Do(context.Context, *DoRequest) (*DoRespon
 }
 func (UnimplementedHTTPServiceServer) Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method Stream not implemented")
+}
+func (UnimplementedHTTPServiceServer) Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error {
+	return status.Error(codes.Unimplemented, "method Pipeline not implemented")
 }
 func (UnimplementedHTTPServiceServer) mustEmbedUnimplementedHTTPServiceServer() {}
 func (UnimplementedHTTPServiceServer) testEmbeddedByValue()                     {}
@@ -166,6 +237,13 @@ func _HTTPService_Stream_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type HTTPService_StreamServer = grpc.BidiStreamingServer[StreamRequest, StreamResponse]
 
+func _HTTPService_Pipeline_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(HTTPServiceServer).Pipeline(&grpc.GenericServerStream[PipelineRequest, PipelineResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type HTTPService_PipelineServer = grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]
+
 // HTTPService_ServiceDesc is the grpc.ServiceDesc for HTTPService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -182,6 +260,12 @@ var HTTPService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Stream",
 			Handler:       _HTTPService_Stream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Pipeline",
+			Handler:       _HTTPService_Pipeline_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
