@@ -23,6 +23,8 @@ type config struct {
 	maxSendMsgSize byteSize
 	maxBodySize    byteSize
 	policyFile     string
+	debugListen    string
+	debugPublic    bool
 	upstreamCAFile string
 	metricsHosts   int
 
@@ -93,6 +95,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Var(&cfg.maxRecvMsgSize, "max-recv-msg-size", "largest gRPC message accepted, e.g. 32MiB; bounds a Do request body (default 32MiB)")
 	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
 	fs.Var(&cfg.maxBodySize, "max-body-size", "largest upstream response body Do returns; larger ones fail with BODY_TOO_LARGE (use Stream) (default 16MiB)")
+	fs.Func("debug-listen", "address serving net/http/pprof for profiling, host:port on loopback (empty = off)", listenAddr(&cfg.debugListen))
+	fs.BoolVar(&cfg.debugPublic, "debug-listen-public", false, "allow --debug-listen on an address other hosts can reach")
 	fs.StringVar(&cfg.policyFile, "policy-file", "", "JSON file the policies are loaded from and every change is saved to (empty = policies live in memory only)")
 	fs.StringVar(&cfg.upstreamCAFile, "upstream-ca-file", "", "PEM file of CA certificates trusted for upstream TLS, in addition to the system roots")
 	fs.IntVar(&cfg.metricsHosts, "metrics-max-hosts", cfg.metricsHosts, "hosts with their own label in pool metrics; the rest are summed under host=\"_other\"")
@@ -164,6 +168,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},
 		{(cfg.tlsCert == "") != (cfg.tlsKey == ""), "--tls-key", cfg.tlsKey, "--tls-cert and --tls-key go together"},
 		{cfg.clientCA != "" && cfg.tlsCert == "", "--client-ca", cfg.clientCA, "needs --tls-cert and --tls-key"},
+		{checkDebugListen(cfg.debugListen, cfg.debugPublic) != nil, "--debug-listen", cfg.debugListen, fmt.Sprint(checkDebugListen(cfg.debugListen, cfg.debugPublic))},
 	} {
 		if check.bad {
 			msg := fmt.Sprintf("invalid value \"%v\" for %s: %s", check.val, check.flag, check.why)

@@ -60,6 +60,9 @@ type daemon struct {
 	grpcLis net.Listener
 	httpLis net.Listener
 	http    *http.Server
+	// debugLis and debug serve pprof; nil without --debug-listen.
+	debugLis net.Listener
+	debug    *http.Server
 
 	tokenFiles []*server.TokenFile // reread on SIGHUP and when they change
 }
@@ -85,9 +88,24 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		grpcLis.Close()
 		return nil, fmt.Errorf("--http-listen %s: %w", cfg.httpListen, err)
 	}
+	var debugLis net.Listener
+	if cfg.debugListen != "" {
+		if debugLis, err = net.Listen("tcp", cfg.debugListen); err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			return nil, fmt.Errorf("--debug-listen %s: %w", cfg.debugListen, err)
+		}
+	}
+	selfAddrs := []netip.AddrPort{listenAddrPort(grpcLis), listenAddrPort(httpLis)}
+	if debugLis != nil {
+		selfAddrs = append(selfAddrs, listenAddrPort(debugLis))
+	}
 	closeListeners := func() {
 		grpcLis.Close()
 		httpLis.Close()
+		if debugLis != nil {
+			debugLis.Close()
+		}
 	}
 	// poold must never be pointed at itself: its own listeners are denied
 	// whatever the rules say.
@@ -96,7 +114,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		Deny:         cfg.egressDeny,
 		DefaultDeny:  cfg.egressDefaultDeny,
 		AllowedPorts: cfg.egressPorts,
-		SelfAddrs:    []netip.AddrPort{listenAddrPort(grpcLis), listenAddrPort(httpLis)},
+		SelfAddrs:    selfAddrs,
 	})
 	if err != nil {
 		closeListeners()
@@ -187,6 +205,14 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	if debugLis != nil {
+		d.debugLis = debugLis
+		d.debug = &http.Server{
+			Handler:           debugHandler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		}
+	}
 	return d, nil
 }
 
@@ -213,7 +239,7 @@ func (d *daemon) httpHandler(registry *prometheus.Registry) http.Handler {
 // NOT_SERVING, gRPC drains under the grace period, and the HTTP endpoint
 // closes last so that scrapes see the drain.
 func (d *daemon) serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- d.grpc.GRPC.Serve(d.grpcLis) }()
 	go func() {
 		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -222,6 +248,13 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
+	if d.debug != nil {
+		go func() {
+			if err := d.debug.Serve(d.debugLis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
 	reloadDone := make(chan struct{})
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	go func() {
@@ -233,7 +266,11 @@ func (d *daemon) serve(ctx context.Context) error {
 		<-reloadDone
 	}()
 	d.grpc.SetServing()
-	d.logger.Info("poold listening", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String())
+	listening := []any{"grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String()}
+	if d.debugLis != nil {
+		listening = append(listening, "debug", d.debugLis.Addr().String())
+	}
+	d.logger.Info("poold listening", listening...)
 
 	var serveErr error
 	select {
@@ -253,6 +290,11 @@ func (d *daemon) serve(ctx context.Context) error {
 	defer cancel()
 	if err := d.http.Shutdown(httpCtx); err != nil {
 		d.http.Close()
+	}
+	if d.debug != nil {
+		// A CPU profile in progress would hold Shutdown for its whole
+		// duration; nothing on this listener is worth waiting for.
+		d.debug.Close()
 	}
 	d.logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	if serveErr != nil {

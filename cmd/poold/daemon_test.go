@@ -29,6 +29,7 @@ import (
 // testDaemon is a poold started in-process by run, as main starts it.
 type testDaemon struct {
 	grpcAddr, httpAddr string
+	debugAddr          string // "" without --debug-listen
 	conn               *grpc.ClientConn
 	done               chan error
 	cancel             context.CancelFunc
@@ -47,20 +48,20 @@ func startDaemon(t *testing.T, args ...string) *testDaemon {
 		pw.Close()
 		d.done <- err
 	}()
-	addrs := make(chan [2]string, 1)
+	addrs := make(chan [3]string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			var line struct{ Msg, GRPC, HTTP string }
+			var line struct{ Msg, GRPC, HTTP, Debug string }
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
-				addrs <- [2]string{line.GRPC, line.HTTP}
+				addrs <- [3]string{line.GRPC, line.HTTP, line.Debug}
 			}
 		}
 		io.Copy(io.Discard, pr)
 	}()
 	select {
 	case a := <-addrs:
-		d.grpcAddr, d.httpAddr = a[0], a[1]
+		d.grpcAddr, d.httpAddr, d.debugAddr = a[0], a[1], a[2]
 	case err := <-d.done:
 		t.Fatalf("daemon exited before listening: %v", err)
 	case <-time.After(10 * time.Second):
@@ -107,6 +108,8 @@ func TestBadConfigurationExitsTwoNamingTheFlag(t *testing.T) {
 		{"zero message size", []string{"--max-recv-msg-size=0"}, nil, `--max-recv-msg-size`},
 		{"unknown flag", []string{"--no-such-flag"}, nil, `--no-such-flag`},
 		{"stray argument", []string{"serve"}, nil, `"serve"`},
+		{"debug listener on every interface", []string{"--debug-listen=:6060"}, nil, `--debug-listen`},
+		{"debug listener on a routable address", []string{"--debug-listen=192.0.2.1:6060"}, nil, `--debug-listen-public`},
 		{"bad value from the environment", nil, map[string]string{"POOLD_LISTEN": "notaport"}, `--listen (from POOLD_LISTEN)`},
 	}
 	for _, tt := range tests {
@@ -315,6 +318,32 @@ func buildPoold(t *testing.T) string {
 		t.Fatalf("building poold: %v", err)
 	}
 	return bin
+}
+
+func TestDebugListenerServesProfilesOnlyWhenAsked(t *testing.T) {
+	d := startDaemon(t, "--debug-listen=127.0.0.1:0")
+	resp, err := http.Get("http://" + d.debugAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile:") {
+		t.Fatalf("GET /debug/pprof/goroutine = %d %.80q, want 200 and a goroutine profile", resp.StatusCode, body)
+	}
+	// The operator port must not grow profiling by accident.
+	resp, err = http.Get("http://" + d.httpAddr + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/ on --http-listen = %d, want 404", resp.StatusCode)
+	}
+
+	if _, err := parseConfig([]string{"--debug-listen=0.0.0.0:0", "--debug-listen-public"}, func(string) string { return "" }, io.Discard, io.Discard); err != nil {
+		t.Errorf("--debug-listen=0.0.0.0:0 --debug-listen-public: %v, want it accepted", err)
+	}
 }
 
 func TestSIGTERMWithAnOpenStreamExitsZeroWithinTheGracePeriod(t *testing.T) {
