@@ -120,6 +120,42 @@ func (b *body) Close() error {
 	return nil
 }
 
+// abort ends the response at once and closes the conn, however little is
+// left to read.
+func (b *body) abort() {
+	b.mu.Lock()
+	if b.done || b.closed {
+		b.closed = true
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	if b.reading {
+		b.mu.Unlock()
+		b.x.interrupt(CloseUnusable)
+		return
+	}
+	b.done, b.err = true, http.ErrBodyReadAfterClose
+	b.mu.Unlock()
+	b.x.finish(CloseUnusable)
+}
+
+// Abort closes resp's body without saving its connection: where Close
+// reads a little of what is left so that the connection can serve again,
+// Abort closes the connection. It is for a caller that stops reading a
+// body it will not use, such as one over a size limit, where draining
+// would only spend time on bytes nobody wants. For a body that did not come
+// from an Engine it is Close.
+func Abort(resp *http.Response) {
+	if b, ok := resp.Body.(*body); ok {
+		b.abort()
+		return
+	}
+	if resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+}
+
 func (b *body) drain() bool {
 	if !b.x.setBodyDeadline(time.Now().Add(drainTimeout)) {
 		return false

@@ -28,8 +28,9 @@ type Policy struct {
 	// ResponseHeaderTimeout bounds the time from the request being written
 	// to the response head being read. 0 means no bound.
 	ResponseHeaderTimeout *time.Duration
-	// RequestTimeout bounds a whole request when the caller's context has no
-	// deadline of its own. 0 means no bound.
+	// RequestTimeout bounds a whole request, from RoundTrip to the end of
+	// the response body, unless the caller's context ends sooner. 0 means
+	// no bound.
 	RequestTimeout *time.Duration
 	// ExpectContinueTimeout is how long a request with "Expect:
 	// 100-continue" waits for the 100 Continue before sending its body

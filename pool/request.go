@@ -16,7 +16,9 @@ func (hp *hostPool) roundTrip(req *http.Request, framing reqFraming, start time.
 	ctx := req.Context()
 	end := context.CancelFunc(func() {})
 	if eff.RequestTimeout > 0 {
-		if _, ok := ctx.Deadline(); !ok {
+		// The tightest bound wins: a caller's deadline further off than
+		// the policy allows does not lift the policy's.
+		if d, ok := ctx.Deadline(); !ok || time.Until(d) > eff.RequestTimeout {
 			ctx, end = context.WithTimeoutCause(ctx, eff.RequestTimeout, ErrRequestTimeout)
 		}
 	}

@@ -56,6 +56,29 @@ func TestEarlyCloseDrainsASmallRemainderAndKeepsTheConn(t *testing.T) {
 	}
 }
 
+func TestAbortClosesTheConnHoweverLittleIsLeft(t *testing.T) {
+	u := newUpstream(t, respond("hello"))
+	e := newTestEngine(t, Options{})
+
+	resp, err := e.RoundTrip(newRequest(t, context.Background(), "GET", u.URL, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(resp.Body, make([]byte, 2))
+	Abort(resp)
+	if _, err := resp.Body.Read(make([]byte, 1)); err == nil {
+		t.Error("read after Abort succeeded")
+	}
+	Abort(resp) // a second Abort, or a Close, is harmless
+	resp.Body.Close()
+	first, _ := TimingFrom(resp)
+
+	second := mustGet(t, e, u.URL)
+	if second.timing.Reused || second.timing.ConnID == first.ConnID {
+		t.Errorf("after Abort the next request got conn %d (reused %v); conn %d must be closed", second.timing.ConnID, second.timing.Reused, first.ConnID)
+	}
+}
+
 func TestEarlyCloseBeyondTheDrainBoundClosesTheConn(t *testing.T) {
 	u := newUpstream(t, respond(strings.Repeat("x", 4<<20)))
 	e := newTestEngine(t, Options{})

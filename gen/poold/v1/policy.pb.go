@@ -49,8 +49,10 @@ type Policy struct {
 	// Time allowed from the request being written to the response head being
 	// read. 0 means no limit. Built-in default 30s.
 	ResponseHeaderTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=response_header_timeout,json=responseHeaderTimeout,proto3" json:"response_header_timeout,omitempty"`
-	// Bound on a whole request when the caller sets no deadline of its own.
-	// 0 means no bound. Built-in default 0.
+	// Bound on a whole request, from the wait for a connection to the last
+	// byte of the response body. The caller's gRPC deadline and
+	// DoRequest.timeout still apply when tighter. 0 means no bound. Built-in
+	// default 0.
 	RequestTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
 	// For requests with "Expect: 100-continue": how long to wait for the
 	// upstream's 100 Continue before sending the body anyway. 0 sends the body
