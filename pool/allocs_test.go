@@ -1,58 +1,13 @@
 package pool
 
 import (
-	"bytes"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
-)
 
-// cannedUpstream answers every request on a conn with the same bytes,
-// reading and writing through fixed buffers so that it allocates nothing
-// per request itself: what a test measures is the engine's.
-func cannedUpstream(t *testing.T, response string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf, out := make([]byte, 4096), []byte(response)
-		var pending []byte
-		for {
-			n, err := c.Read(buf[len(pending):])
-			if err != nil {
-				return
-			}
-			pending = buf[:len(pending)+n]
-			// One response per request head; GETs have no body.
-			for {
-				i := bytes.Index(pending, []byte("\r\n\r\n"))
-				if i < 0 {
-					break
-				}
-				if _, err := c.Write(out); err != nil {
-					return
-				}
-				pending = pending[:copy(buf, pending[i+4:])]
-			}
-		}
-	}()
-	return ln.Addr().String()
-}
+	"github.com/poold/poold/internal/canned"
+)
 
 // The engine's allocations per request are a design goal (BENCHMARKS.md):
 // pin them, so that a change that adds one is seen.
@@ -70,7 +25,7 @@ func TestRoundTripAllocations(t *testing.T) {
 		{"no body", "HTTP/1.1 204 No Content\r\nDate: Mon, 23 Nov 2026 10:00:00 GMT\r\n\r\n", 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			addr := cannedUpstream(t, tc.response)
+			addr := canned.Upstream(t, tc.response)
 			e := newTestEngine(t, Options{SweepInterval: time.Hour})
 			req, err := http.NewRequest("GET", "http://"+addr+"/", nil)
 			if err != nil {
