@@ -882,7 +882,7 @@ func startAdvDaemon(t *testing.T, opts advOptions) *advDaemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.direct = NewHTTPServer(engine, HTTPOptions{MaxBodySize: opts.maxBodySize, Effective: engine.EffectivePolicy})
+	d.direct = NewHTTPServer(engine, HTTPOptions{MaxBodySize: opts.maxBodySize})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

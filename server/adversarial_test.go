@@ -892,7 +892,7 @@ func FuzzUpstreamResponse(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer engine.Close()
-		srv := NewHTTPServer(engine, HTTPOptions{MaxBodySize: 64 << 10, Effective: engine.EffectivePolicy})
+		srv := NewHTTPServer(engine, HTTPOptions{MaxBodySize: 64 << 10})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		resp, err := srv.Do(ctx, &pooldv1.DoRequest{Url: "http://" + a.addr + "/", Timeout: pdur(time.Second), MaxRedirects: 2})

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -30,119 +29,165 @@ type HTTPOptions struct {
 	// a longer body fails with RESOURCE_EXHAUSTED BODY_TOO_LARGE. 0 means
 	// DefaultMaxBodySize. Stream has no such bound.
 	MaxBodySize int64
-	// Effective returns the policy a request to scheme://hostport runs
-	// under (pool.Engine.EffectivePolicy); its request_timeout joins the
-	// caller's deadline. Nil leaves the request timeout to the engine.
-	Effective func(scheme, hostport string) pool.Effective
+	// MaxInFlight caps upstream requests running at once: Do and Stream
+	// calls, and each request of a Pipeline. One more fails at once with
+	// RESOURCE_EXHAUSTED, reason OVERLOADED. 0 means no cap.
+	MaxInFlight int
+	// PipelineDepth caps the requests one Pipeline call runs at once. 0
+	// means DefaultPipelineDepth.
+	PipelineDepth int
+
+	// failures counts failed pipelined requests by reason; nil counts
+	// nothing. Calls are counted by the server's observer.
+	failures *reasonCounter
 }
 
 // HTTPServer serves HTTPService: it turns calls into requests on the
 // engine's pooled connections and their responses back into messages.
 type HTTPServer struct {
 	pooldv1.UnimplementedHTTPServiceServer
-	rt          http.RoundTripper
-	maxBodySize int64
-	effective   func(scheme, hostport string) pool.Effective
+	rt            http.RoundTripper
+	maxBodySize   int64
+	limit         *inFlightLimit
+	pipelineDepth int
+	failures      *reasonCounter
 }
 
 // NewHTTPServer returns an HTTPService that sends requests through rt,
-// normally the *pool.Engine.
+// normally the *pool.Engine, whose policies also bound each request's time
+// (request_timeout).
 func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 	if opts.MaxBodySize <= 0 {
 		opts.MaxBodySize = DefaultMaxBodySize
 	}
-	return &HTTPServer{rt: rt, maxBodySize: opts.MaxBodySize, effective: opts.Effective}
+	if opts.PipelineDepth <= 0 {
+		opts.PipelineDepth = DefaultPipelineDepth
+	}
+	return &HTTPServer{
+		rt:            rt,
+		maxBodySize:   opts.MaxBodySize,
+		limit:         newInFlightLimit(opts.MaxInFlight),
+		pipelineDepth: opts.PipelineDepth,
+		failures:      opts.failures,
+	}
 }
 
 // Do sends one request and returns the whole response. An upstream 4xx or
 // 5xx is a successful call; an error means the request did not complete.
 func (s *HTTPServer) Do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.DoResponse, error) {
+	if err := s.limit.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.limit.release()
+	return s.do(ctx, in)
+}
+
+// do runs one request the way Do promises, for Do and for every request of
+// a Pipeline.
+func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.DoResponse, error) {
+	ctx, cancel := requestContext(ctx, in.GetTimeout())
+	if cancel != nil {
+		defer cancel()
+	}
 	req, err := newUpstreamRequest(ctx, in)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := s.requestContext(ctx, req, in.GetTimeout())
-	defer cancel()
-	req = req.WithContext(ctx)
-
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(in.GetMaxRedirects()))
 	if err != nil {
 		return nil, requestError(ctx, req, err)
 	}
-	body, err := s.readBody(resp, cancel)
+	body, err := s.readBody(resp)
 	if err != nil {
 		return nil, requestError(ctx, resp.Request, err)
 	}
-	out := responseHead(resp)
-	out.Body = body
-	out.Trailers = headerFields(resp.Trailer)
-	out.Timing = timingProto(resp, redirects)
-	return out, nil
+	// One allocation for the response, its timing and every duration in
+	// it: the response is built for every request, and each message on
+	// its own would be an allocation of its own.
+	r := new(doResult)
+	r.resp.StatusCode = int32(resp.StatusCode)
+	r.resp.Protocol = resp.Proto
+	r.resp.Headers = headerFields(resp.Header)
+	r.resp.Url = resp.Request.URL.String()
+	r.resp.Body = body
+	r.resp.Trailers = headerFields(resp.Trailer)
+	r.timing.fill(resp, redirects)
+	r.resp.Timing = &r.timing.Timing
+	return &r.resp, nil
+}
+
+// doResult is a DoResponse allocated together with its Timing.
+type doResult struct {
+	resp   pooldv1.DoResponse
+	timing timingSlab
 }
 
 // readBody reads the whole body, up to the size limit, and closes it. A
-// body over the limit is abandoned as soon as that is known: cancel ends
-// the request first, so that the engine closes the connection rather than
-// draining the rest of the body to reuse it.
-func (s *HTTPServer) readBody(resp *http.Response, cancel context.CancelFunc) ([]byte, error) {
-	abandon := func() error {
-		cancel()
-		_ = resp.Body.Close()
-		return &errBodyTooLarge{limit: s.maxBodySize}
-	}
+// body over the limit is abandoned as soon as that is known, closing the
+// connection rather than spending time draining the rest to reuse it.
+func (s *HTTPServer) readBody(resp *http.Response) ([]byte, error) {
 	// A HEAD, 204 or 304 response has no body whatever its
 	// Content-Length says; the engine gives those http.NoBody.
-	hasBody := resp.Body != http.NoBody
-	if hasBody && resp.ContentLength > s.maxBodySize {
-		return nil, abandon()
+	if resp.Body == http.NoBody {
+		return nil, nil
 	}
-	var buf bytes.Buffer
-	if hasBody && resp.ContentLength > 0 {
-		// Room for the final read that finds EOF too, or ReadFrom would
-		// double the buffer just to learn the body has ended.
-		buf.Grow(int(resp.ContentLength) + bytes.MinRead)
+	if resp.ContentLength > s.maxBodySize {
+		pool.Abort(resp)
+		return nil, &errBodyTooLarge{limit: s.maxBodySize}
 	}
-	// One byte past the limit tells "exactly the limit" from "more".
-	n, err := buf.ReadFrom(io.LimitReader(resp.Body, s.maxBodySize+1))
-	if err != nil {
-		cancel()
-		_ = resp.Body.Close()
-		return nil, err
+	var buf []byte
+	if resp.ContentLength >= 0 {
+		// One byte of room past the declared length, so that the read that
+		// finds EOF needs no bigger buffer.
+		buf = make([]byte, 0, resp.ContentLength+1)
 	}
-	if n > s.maxBodySize {
-		return nil, abandon()
+	for {
+		if len(buf) == cap(buf) {
+			// A body of unknown length grows as append would, and never
+			// past one byte over the limit, which tells "exactly the
+			// limit" from "more".
+			grow := min(max(cap(buf), 4<<10), int(s.maxBodySize+1)-len(buf))
+			buf = slices.Grow(buf, grow)
+		}
+		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > s.maxBodySize {
+			pool.Abort(resp)
+			return nil, &errBodyTooLarge{limit: s.maxBodySize}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			_ = resp.Body.Close()
+			return nil, err
+		}
 	}
-	// The limit was not reached, so the body hit EOF: the trailers are in
-	// and the connection has gone back to the pool.
+	// The body hit EOF: the trailers are in and the connection has gone
+	// back to the pool.
 	if err := resp.Body.Close(); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return buf, nil
 }
 
-// requestContext derives the context a request runs under: the caller's,
-// bounded by the tightest of DoRequest.timeout and the host policy's
-// request_timeout when one of them ends before the caller's deadline. That
-// deadline's cause is pool.ErrRequestTimeout, the error the engine's own
-// request timeout reports, so that either limit fails with REQUEST_TIMEOUT
-// whichever phase it interrupts. The caller's own gRPC deadline needs no
-// timer here: it already ends ctx.
-func (s *HTTPServer) requestContext(ctx context.Context, req *http.Request, timeout *durationpb.Duration) (context.Context, context.CancelFunc) {
-	limit := time.Duration(0)
-	if timeout != nil {
-		limit = timeout.AsDuration()
+// requestContext bounds ctx by DoRequest.timeout when that ends before the
+// caller's deadline. The deadline's cause is pool.ErrRequestTimeout, the
+// error the engine's own request timeout reports, so that either limit
+// fails with REQUEST_TIMEOUT whichever phase it interrupts. The caller's
+// gRPC deadline needs no timer here, as it already ends ctx, and the
+// policy's request_timeout is the engine's. cancel is nil when ctx is
+// returned as it is.
+func requestContext(ctx context.Context, timeout *durationpb.Duration) (context.Context, context.CancelFunc) {
+	if timeout == nil {
+		return ctx, nil
 	}
-	if s.effective != nil {
-		rt := s.effective(req.URL.Scheme, hostPort(req.URL)).RequestTimeout
-		if rt > 0 && (limit == 0 || rt < limit) {
-			limit = rt
-		}
-	}
+	limit := timeout.AsDuration()
 	if limit <= 0 {
-		return context.WithCancel(ctx)
+		return ctx, nil
 	}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) <= limit {
-		return context.WithCancel(ctx)
+		return ctx, nil
 	}
 	return context.WithTimeoutCause(ctx, limit, pool.ErrRequestTimeout)
 }
@@ -188,22 +233,28 @@ func responseHead(resp *http.Response) *pooldv1.DoResponse {
 // headerFields lists h as name/value pairs, names sorted, each name's
 // values in the order received, repeats kept. The order between different
 // names as they came on the wire is not recoverable: http.ReadResponse
-// keeps fields in a map. Sorting at least makes the output stable.
+// keeps fields in a map. Sorting at least makes the output stable. The
+// fields share one allocation.
 func headerFields(h http.Header) []*pooldv1.Header {
 	if len(h) == 0 {
 		return nil
 	}
-	names := make([]string, 0, len(h))
+	var small [16]string
+	names := small[:0]
 	n := 0
 	for k, vs := range h {
 		names = append(names, k)
 		n += len(vs)
 	}
 	slices.Sort(names)
-	out := make([]*pooldv1.Header, 0, n)
+	fields := make([]pooldv1.Header, n)
+	out := make([]*pooldv1.Header, n)
+	i := 0
 	for _, k := range names {
 		for _, v := range h[k] {
-			out = append(out, &pooldv1.Header{Name: k, Value: utf8Value(v)})
+			fields[i].Name, fields[i].Value = k, utf8Value(v)
+			out[i] = &fields[i]
+			i++
 		}
 	}
 	return out

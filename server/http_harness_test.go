@@ -57,9 +57,6 @@ func newHTTPHarness(t *testing.T, configure ...func(*harnessConfig)) *httpHarnes
 		t.Fatalf("pool.New: %v", err)
 	}
 	t.Cleanup(func() { _ = engine.Close() })
-	if cfg.http.Effective == nil {
-		cfg.http.Effective = engine.EffectivePolicy
-	}
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,29 +1,34 @@
 package server
 
 import (
-	"context"
-
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// inFlightLimit caps HTTPService calls running at once. Over the cap a call
-// fails at once with RESOURCE_EXHAUSTED instead of queueing: a caller can
-// retry elsewhere, while an unbounded queue would only add latency and
-// memory until everything times out.
+// inFlightLimit caps upstream requests running at once: Do and Stream
+// calls, and each request of a Pipeline. Over the cap a request fails at
+// once with RESOURCE_EXHAUSTED instead of queueing: a caller can retry
+// elsewhere, while an unbounded queue would only add latency and memory
+// until everything times out. PoolService and PolicyService are not
+// counted: inspecting pools and changing policy must keep working when
+// traffic saturates poold. A nil limit admits everything.
 type inFlightLimit struct {
 	slots chan struct{}
 }
 
+// newInFlightLimit returns a limit of n; n <= 0 means none (nil).
 func newInFlightLimit(n int) *inFlightLimit {
+	if n <= 0 {
+		return nil
+	}
 	return &inFlightLimit{slots: make(chan struct{}, n)}
 }
 
 func (l *inFlightLimit) acquire() error {
+	if l == nil {
+		return nil
+	}
 	select {
 	case l.slots <- struct{}{}:
 		return nil
@@ -37,27 +42,8 @@ func (l *inFlightLimit) acquire() error {
 	return st.Err()
 }
 
-func (l *inFlightLimit) release() { <-l.slots }
-
-// interceptors applies the limit to HTTPService only: inspecting pools and
-// changing policy must keep working when traffic saturates poold.
-func (l *inFlightLimit) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
-	match := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service == httpServiceName
-	})
-	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if err := l.acquire(); err != nil {
-			return nil, err
-		}
-		defer l.release()
-		return handler(ctx, req)
+func (l *inFlightLimit) release() {
+	if l != nil {
+		<-l.slots
 	}
-	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if err := l.acquire(); err != nil {
-			return err
-		}
-		defer l.release()
-		return handler(srv, ss)
-	}
-	return selector.UnaryServerInterceptor(unary, match), selector.StreamServerInterceptor(stream, match)
 }

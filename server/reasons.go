@@ -4,11 +4,8 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
 
@@ -37,9 +34,11 @@ func newReasonCounter(reg prometheus.Registerer, logger *slog.Logger) (*reasonCo
 	return c, nil
 }
 
-func (c *reasonCounter) observe(ctx context.Context, method string, err error) {
+// observe counts a failed HTTPService call, or pipelined request, by its
+// ErrorInfo reason, and returns the reason.
+func (c *reasonCounter) observe(ctx context.Context, method string, err error) string {
 	if err == nil {
-		return
+		return ""
 	}
 	reason := "UNKNOWN"
 	for _, d := range status.Convert(err).Details() {
@@ -54,21 +53,5 @@ func (c *reasonCounter) observe(ctx context.Context, method string, err error) {
 		// it must not reach. The message names the IP and the rule.
 		c.logger.WarnContext(ctx, "egress denied", "method", method, "err", status.Convert(err).Message())
 	}
-}
-
-func (c *reasonCounter) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
-	match := selector.MatchFunc(func(_ context.Context, m interceptors.CallMeta) bool {
-		return m.Service == httpServiceName
-	})
-	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		resp, err := handler(ctx, req)
-		c.observe(ctx, info.FullMethod, err)
-		return resp, err
-	}
-	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		err := handler(srv, ss)
-		c.observe(ss.Context(), info.FullMethod, err)
-		return err
-	}
-	return selector.UnaryServerInterceptor(unary, match), selector.StreamServerInterceptor(stream, match)
+	return reason
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -83,30 +84,30 @@ func (c *requestConverter) convert(ctx context.Context, in *pooldv1.DoRequest, s
 		return nil, -1
 	}
 
-	// bytes.Reader makes NewRequestWithContext set ContentLength and a
-	// GetBody that replays the body, which retries and 307/308 redirects
-	// need.
-	var r *bytes.Reader
-	if !streamed && len(body) > 0 {
-		r = bytes.NewReader(body)
+	// Built as http.NewRequestWithContext would build it, without printing
+	// the URL only to parse it again.
+	base := http.Request{
+		Method:     method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     header,
+		Host:       strings.TrimSuffix(u.Host, ":"),
 	}
-	var req *http.Request
-	var err error
-	if r != nil {
-		req, err = http.NewRequestWithContext(ctx, method, u.String(), r)
-	} else {
-		req, err = http.NewRequestWithContext(ctx, method, u.String(), nil)
-	}
-	if err != nil {
-		// The checks above accept only what net/http accepts; reaching
-		// here means they drifted apart.
-		c.violate("url", "not accepted by the HTTP client: %v", err)
-		return nil, -1
-	}
-	req.Header = header
 	if host != "" {
-		req.Host = host
+		base.Host = host
 	}
+	if !streamed && len(body) > 0 {
+		// GetBody replays the body, which retries and 307/308 redirects
+		// need.
+		base.ContentLength = int64(len(body))
+		base.Body = io.NopCloser(bytes.NewReader(body))
+		base.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(body)), nil
+		}
+	}
+	req := base.WithContext(ctx)
 	if !declared.set {
 		return req, -1
 	}
@@ -200,34 +201,38 @@ type declaredLength struct {
 // Content-Length are taken out: the first overrides the Host sent upstream,
 // the second is checked against the body and written by the engine.
 func (c *requestConverter) headers(in []*pooldv1.Header) (http.Header, string, declaredLength) {
+	if len(in) == 0 {
+		return http.Header{}, "", declaredLength{}
+	}
 	h := make(http.Header, len(in))
+	// One array backs every name's values; each name's slice is capped so
+	// that appending to one never writes into another's.
+	values := make([]string, 0, len(in))
 	var host string
 	hostSeen := false
 	var declared declaredLength
 	for i, f := range in {
 		name, value := f.GetName(), f.GetValue()
-		nameField := fmt.Sprintf("headers[%d].name", i)
-		valueField := fmt.Sprintf("headers[%d].value", i)
 		if !httpguts.ValidHeaderFieldName(name) {
-			c.violate(nameField, "must be an RFC 9110 token (letters, digits and !#$%%&'*+-.^_`|~)")
+			c.violate(headerField(i, "name"), "must be an RFC 9110 token (letters, digits and !#$%%&'*+-.^_`|~)")
 			continue
 		}
 		if !httpguts.ValidHeaderFieldValue(value) {
-			c.violate(valueField, "must not contain CR, LF, NUL or other control characters")
+			c.violate(headerField(i, "value"), "must not contain CR, LF, NUL or other control characters")
 			continue
 		}
 		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch {
 		case hopByHop[key]:
-			c.violate(nameField, "%q is a hop-by-hop header; poold manages connections", name)
+			c.violate(headerField(i, "name"), "%q is a hop-by-hop header; poold manages connections", name)
 		case key == "Host":
 			if hostSeen {
-				c.violate(nameField, "Host given more than once")
+				c.violate(headerField(i, "name"), "Host given more than once")
 				continue
 			}
 			hostSeen = true
 			if reason := hostPortProblem(value); reason != "" {
-				c.violate(valueField, "Host %s", reason)
+				c.violate(headerField(i, "value"), "Host %s", reason)
 				continue
 			}
 			host = value
@@ -235,19 +240,32 @@ func (c *requestConverter) headers(in []*pooldv1.Header) (http.Header, string, d
 			// ParseUint takes no sign or space, so only digits pass.
 			n, err := strconv.ParseUint(value, 10, 63)
 			if err != nil {
-				c.violate(valueField, "Content-Length must be a non-negative decimal integer")
+				c.violate(headerField(i, "value"), "Content-Length must be a non-negative decimal integer")
 				continue
 			}
 			if declared.set && declared.n != int64(n) {
-				c.violate(nameField, "Content-Length given twice with different values")
+				c.violate(headerField(i, "name"), "Content-Length given twice with different values")
 				continue
 			}
-			declared = declaredLength{set: true, n: int64(n), field: valueField}
+			declared = declaredLength{set: true, n: int64(n), field: headerField(i, "value")}
 		default:
-			h[key] = append(h[key], value)
+			if vs, ok := h[key]; ok {
+				// A repeated name: rare enough to cost an allocation.
+				h[key] = append(vs[:len(vs):len(vs)], value)
+				continue
+			}
+			values = append(values, value)
+			h[key] = values[len(values)-1 : len(values) : len(values)]
 		}
 	}
 	return h, host, declared
+}
+
+// headerField names DoRequest.headers[i].part. It is built only for a
+// violation: on the path of a valid request it would cost two allocations
+// a header.
+func headerField(i int, part string) string {
+	return "headers[" + strconv.Itoa(i) + "]." + part
 }
 
 // hostPortProblem says why v cannot be a Host field value (host[:port]),

@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,8 +32,11 @@ type Config struct {
 	// MaxBodySize bounds the upstream response body Do returns, in bytes.
 	// 0 means DefaultMaxBodySize.
 	MaxBodySize int64
-	// Logger receives one line per RPC and every recovered panic.
+	// Logger receives failed calls (at a level by code), every recovered
+	// panic, and with AccessLog one line per call.
 	Logger *slog.Logger
+	// AccessLog logs every call when it ends, not only failed ones.
+	AccessLog bool
 	// Registerer receives the gRPC server metrics. Nil registers nothing.
 	Registerer prometheus.Registerer
 	// MaxRecvMsgSize bounds one received message in bytes, and so the body of
@@ -48,9 +50,15 @@ type Config struct {
 	// MaxConcurrentStreams caps RPCs in flight on one caller connection.
 	// 0 means grpc-go's default.
 	MaxConcurrentStreams uint32
-	// MaxInFlight caps HTTPService calls running at once across all
-	// callers; one more fails at once with RESOURCE_EXHAUSTED. 0 = no cap.
+	// MaxInFlight caps upstream requests running at once across all
+	// callers (Do and Stream calls, and each request of a Pipeline); one
+	// more fails at once with RESOURCE_EXHAUSTED. 0 = no cap.
 	MaxInFlight int
+	// PipelineDepth caps the requests one Pipeline call runs at once. 0
+	// means DefaultPipelineDepth.
+	PipelineDepth int
+	// Transport tunes the HTTP/2 server under the gRPC services.
+	Transport Transport
 	// AdminTokens, when set, guard PoolService and PolicyService.
 	AdminTokens *TokenFile
 	// ClientTokens, when set, guard HTTPService.
@@ -103,44 +111,41 @@ func New(cfg Config) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	metrics := newGRPCMetrics()
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(metrics); err != nil {
 			return nil, fmt.Errorf("server: registering gRPC metrics: %w", err)
 		}
 	}
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	reasons, err := newReasonCounter(cfg.Registerer, logger)
+	if err != nil {
+		return nil, fmt.Errorf("server: registering failure metrics: %w", err)
+	}
+	observer := &callObserver{metrics: metrics, reasons: reasons, logger: logger, quiet: cfg.AccessLog}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		logger.ErrorContext(ctx, "panic serving RPC", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})}
 
-	// Metrics first so they see every outcome, then logging, then auth so
-	// that rejected callers take no in-flight slot, and recovery last so
-	// that a panic becomes INTERNAL before the others record it.
-	unary := []grpc.UnaryServerInterceptor{
-		metrics.UnaryServerInterceptor(),
-		logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),
+	// The observer first so that it sees every outcome, then the access
+	// log when asked for, then auth, and recovery last so that a panic
+	// becomes INTERNAL before the others record it. The in-flight cap is
+	// applied by HTTPService itself, after auth (a rejected caller takes no
+	// slot), because a Pipeline call takes one slot per request. Each layer
+	// costs every call a little, so only what the configuration asks for is
+	// chained.
+	unary := []grpc.UnaryServerInterceptor{observer.unary}
+	stream := []grpc.StreamServerInterceptor{observer.stream}
+	if cfg.AccessLog {
+		logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+		unary = append(unary, logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...))
+		stream = append(stream, logging.StreamServerInterceptor(slogAdapter(logger), logOpts...))
 	}
-	stream := []grpc.StreamServerInterceptor{
-		metrics.StreamServerInterceptor(),
-		logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
-	}
-	reasons, err := newReasonCounter(cfg.Registerer, logger)
-	if err != nil {
-		return nil, fmt.Errorf("server: registering failure metrics: %w", err)
-	}
-	reasonUnary, reasonStream := reasons.interceptors()
-	unary, stream = append(unary, reasonUnary), append(stream, reasonStream)
 	authUnary, authStream := authInterceptors(
 		authRule{services: adminServiceNames, tokens: cfg.AdminTokens},
 		authRule{services: map[string]bool{httpServiceName: true}, tokens: cfg.ClientTokens},
 	)
 	unary, stream = append(unary, authUnary...), append(stream, authStream...)
-	if cfg.MaxInFlight > 0 {
-		u, s := newInFlightLimit(cfg.MaxInFlight).interceptors()
-		unary, stream = append(unary, u), append(stream, s)
-	}
 	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpts...))
 	stream = append(stream, recovery.StreamServerInterceptor(recoverOpts...))
 
@@ -171,14 +176,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxSendMsgSize > 0 {
 		opts = append(opts, grpc.MaxSendMsgSize(cfg.MaxSendMsgSize))
 	}
+	opts = append(opts, cfg.Transport.options()...)
 	s := grpc.NewServer(opts...)
 
 	if cfg.Engine == nil || cfg.Policies == nil {
 		return nil, errors.New("server: Config.Engine and Config.Policies are required")
 	}
 	pooldv1.RegisterHTTPServiceServer(s, NewHTTPServer(cfg.Engine, HTTPOptions{
-		MaxBodySize: cfg.MaxBodySize,
-		Effective:   cfg.Engine.EffectivePolicy,
+		MaxBodySize:   cfg.MaxBodySize,
+		MaxInFlight:   cfg.MaxInFlight,
+		PipelineDepth: cfg.PipelineDepth,
+		failures:      reasons,
 	}))
 	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))
 	pooldv1.RegisterPolicyServiceServer(s, NewPolicyServer(cfg.Policies))
@@ -189,7 +197,7 @@ func New(cfg Config) (*Server, error) {
 	if err := registerReflection(s); err != nil {
 		return nil, err
 	}
-	metrics.InitializeMetrics(s)
+	metrics.init(s)
 	return &Server{GRPC: s, Health: hs}, nil
 }
 

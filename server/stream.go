@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
+	"github.com/poold/poold/pool"
 )
 
 // streamChunkSize is the most response body one StreamResponse carries:
@@ -35,6 +36,10 @@ var errBodyNotReplayable = errors.New("stream request body cannot be sent again"
 // half-close right after the head: for a GET with a body of unknown length
 // net/http waits up to 200ms for a first byte before deciding it has none.
 func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
+	if err := s.limit.acquire(); err != nil {
+		return err
+	}
+	defer s.limit.release()
 	first, err := stream.Recv()
 	if errors.Is(err, io.EOF) {
 		return invalidArgument(fieldViolation{Field: "head", Reason: "is required: the first message must carry the request head"})
@@ -55,8 +60,10 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 
 	// The request context is the stream's: a caller that cancels or goes
 	// away aborts the upstream request.
-	ctx, cancel := s.requestContext(stream.Context(), req, head.GetTimeout())
-	defer cancel()
+	ctx, cancel := requestContext(stream.Context(), head.GetTimeout())
+	if cancel != nil {
+		defer cancel()
+	}
 	req = req.WithContext(ctx)
 	body := newStreamBody(declared)
 	body.attach(req)
@@ -74,11 +81,9 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 	bodyClosed := false
 	defer func() {
 		if !bodyClosed {
-			// The body was not read to the end: end the request before
-			// closing it so that the connection is closed, not drained
-			// for reuse on behalf of a caller that is gone.
-			cancel()
-			_ = resp.Body.Close()
+			// The body was not read to the end: the connection is closed,
+			// not drained for reuse on behalf of a caller that is gone.
+			pool.Abort(resp)
 		}
 	}()
 

@@ -69,7 +69,9 @@ type HTTPServiceClient interface {
 	// The stream is bounded: poold runs at most --max-pipeline-depth requests
 	// of one stream at once (sent in the response header metadata
 	// "poold-pipeline-depth") and reads no further message until one
-	// completes, so gRPC flow control is the only buffer. Each request counts
+	// completes, so gRPC flow control is the only buffer. A cancel waits
+	// behind the requests before it like any message: a caller that must be
+	// able to cancel at once keeps at most that many outstanding. Each request counts
 	// against --max-in-flight; over it, that request fails with
 	// RESOURCE_EXHAUSTED, reason OVERLOADED. An id already outstanding fails
 	// that request with INVALID_ARGUMENT. After the caller half-closes, the
@@ -166,7 +168,9 @@ type HTTPServiceServer interface {
 	// The stream is bounded: poold runs at most --max-pipeline-depth requests
 	// of one stream at once (sent in the response header metadata
 	// "poold-pipeline-depth") and reads no further message until one
-	// completes, so gRPC flow control is the only buffer. Each request counts
+	// completes, so gRPC flow control is the only buffer. A cancel waits
+	// behind the requests before it like any message: a caller that must be
+	// able to cancel at once keeps at most that many outstanding. Each request counts
 	// against --max-in-flight; over it, that request fails with
 	// RESOURCE_EXHAUSTED, reason OVERLOADED. An id already outstanding fails
 	// that request with INVALID_ARGUMENT. After the caller half-closes, the
