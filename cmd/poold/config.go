@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/poold/poold/server"
 )
 
 // config is the daemon's whole configuration, from flags and environment.
@@ -35,6 +37,12 @@ type config struct {
 	maxInFlight       int
 	maxDialsPerHost   int
 	maxStreamsPerConn uint
+	maxPipelineDepth  int
+	accessLog         bool
+
+	streamWorkers     uint
+	sharedWriteBuffer bool
+	streamWindow      byteSize
 
 	egressAllow, egressDeny stringList
 	egressDefaultDeny       bool
@@ -80,6 +88,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		maxDialsPerHost: 64,
 
 		maxStreamsPerConn: 1000,
+		maxPipelineDepth:  server.DefaultPipelineDepth,
+		streamWorkers:     64,
+		sharedWriteBuffer: true,
 
 		keepaliveMinTime: 10 * time.Second,
 		keepaliveTime:    2 * time.Hour,
@@ -108,6 +119,11 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&cfg.maxInFlight, "max-in-flight", cfg.maxInFlight, "HTTPService calls running at once across all callers; more fail with RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxDialsPerHost, "max-dials-per-host", cfg.maxDialsPerHost, "dials in flight per upstream host; requests over it wait for a dial or a connection")
 	fs.UintVar(&cfg.maxStreamsPerConn, "grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "RPCs in flight on one caller connection")
+	fs.IntVar(&cfg.maxPipelineDepth, "max-pipeline-depth", cfg.maxPipelineDepth, "requests one Pipeline call may have outstanding; the caller waits (gRPC flow control) for more")
+	fs.BoolVar(&cfg.accessLog, "access-log", false, "log a line for every call when it ends (failed calls and egress denials are logged without it)")
+	fs.UintVar(&cfg.streamWorkers, "grpc-stream-workers", cfg.streamWorkers, "goroutines kept to run RPCs, saving a new one per call; calls beyond them still run (0 = a goroutine per call)")
+	fs.BoolVar(&cfg.sharedWriteBuffer, "grpc-shared-write-buffer", cfg.sharedWriteBuffer, "return a caller connection's write buffer to a shared pool between writes, so idle connections hold none")
+	fs.Var(&cfg.streamWindow, "grpc-stream-window", "fixed HTTP/2 flow-control window per stream (16x per connection), from 64KiB to 128MiB; off = grpc-go's bandwidth probing (default off)")
 	fs.Var(&cfg.egressAllow, "egress-allow", "CIDR, IP, host or *.suffix poold may connect to, even inside a built-in deny (repeatable or comma-separated; e.g. 127.0.0.1/32 for a local upstream — this opens that address to every caller)")
 	fs.Var(&cfg.egressDeny, "egress-deny", "CIDR, IP, host or *.suffix poold must never connect to (repeatable or comma-separated)")
 	fs.BoolVar(&cfg.egressDefaultDeny, "egress-default-deny", false, "allow-list mode: deny every address no --egress-allow rule allows")
@@ -166,6 +182,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
 		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},
 		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},
+		{cfg.maxPipelineDepth < 1, "--max-pipeline-depth", cfg.maxPipelineDepth, "must be at least 1"},
+		{cfg.streamWorkers > 1<<16, "--grpc-stream-workers", cfg.streamWorkers, "must be at most 65536"},
+		{cfg.streamWindow != 0 && (cfg.streamWindow < 64<<10 || cfg.streamWindow > 128<<20), "--grpc-stream-window", &cfg.streamWindow, "must be from 64KiB to 128MiB"},
 		{(cfg.tlsCert == "") != (cfg.tlsKey == ""), "--tls-key", cfg.tlsKey, "--tls-cert and --tls-key go together"},
 		{cfg.clientCA != "" && cfg.tlsCert == "", "--client-ca", cfg.clientCA, "needs --tls-cert and --tls-key"},
 		{checkDebugListen(cfg.debugListen, cfg.debugPublic) != nil, "--debug-listen", cfg.debugListen, fmt.Sprint(checkDebugListen(cfg.debugListen, cfg.debugPublic))},
