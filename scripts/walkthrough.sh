@@ -40,6 +40,9 @@ expect() { # description, pattern
 expect "Do to answer 200" '"statusCode": 200'
 # grpcurl prints bytes fields in base64: "hello from upstream: GET /hello\n".
 expect "the upstream's body" '"body": "aGVsbG8gZnJvbSB1cHN0cmVhbTogR0VUIC9oZWxsbwo="'
+# "hello from upstream: GET /one\n" and ".../two\n", each with its id.
+expect "Pipeline to answer request 1" '"body": "aGVsbG8gZnJvbSB1cHN0cmVhbTogR0VUIC9vbmUK"'
+expect "Pipeline to answer request 2" '"body": "aGVsbG8gZnJvbSB1cHN0cmVhbTogR0VUIC90d28K"'
 expect "ListHosts to show the pool" '"key": "http://127.0.0.1:8080"'
 expect "ListConnections to show an idle connection" 'CONNECTION_STATE_IDLE'
 expect "UpdatePolicy to answer with the new idle timeout" '"idleConnTimeout": "2s"'
