@@ -40,6 +40,7 @@ type config struct {
 	maxPipelineDepth  int
 	accessLog         bool
 
+	gcPercent         int
 	streamWorkers     uint
 	sharedWriteBuffer bool
 	streamWindow      byteSize
@@ -89,6 +90,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 
 		maxStreamsPerConn: 1000,
 		maxPipelineDepth:  server.DefaultPipelineDepth,
+		gcPercent:         gcPercentUnset,
 		streamWorkers:     64,
 		sharedWriteBuffer: true,
 
@@ -121,6 +123,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.UintVar(&cfg.maxStreamsPerConn, "grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "RPCs in flight on one caller connection")
 	fs.IntVar(&cfg.maxPipelineDepth, "max-pipeline-depth", cfg.maxPipelineDepth, "requests one Pipeline call may have outstanding; the caller waits (gRPC flow control) for more")
 	fs.BoolVar(&cfg.accessLog, "access-log", false, "log a line for every call when it ends (failed calls and egress denials are logged without it)")
+	fs.IntVar(&cfg.gcPercent, "gc-percent", cfg.gcPercent, "heap growth that triggers a garbage collection, as GOGC sets it, -1 = off (default 400, or GOGC when set)")
 	fs.UintVar(&cfg.streamWorkers, "grpc-stream-workers", cfg.streamWorkers, "goroutines kept to run RPCs, saving a new one per call; calls beyond them still run (0 = a goroutine per call)")
 	fs.BoolVar(&cfg.sharedWriteBuffer, "grpc-shared-write-buffer", cfg.sharedWriteBuffer, "return a caller connection's write buffer to a shared pool between writes, so idle connections hold none")
 	fs.Var(&cfg.streamWindow, "grpc-stream-window", "fixed HTTP/2 flow-control window per stream (16x per connection), from 64KiB to 128MiB; off = grpc-go's bandwidth probing (default off)")
@@ -182,6 +185,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
 		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},
 		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},
+		{cfg.gcPercent < -1 && cfg.gcPercent != gcPercentUnset, "--gc-percent", cfg.gcPercent, "must be -1 (off) or at least 0"},
 		{cfg.maxPipelineDepth < 1, "--max-pipeline-depth", cfg.maxPipelineDepth, "must be at least 1"},
 		{cfg.streamWorkers > 1<<16, "--grpc-stream-workers", cfg.streamWorkers, "must be at most 65536"},
 		{cfg.streamWindow != 0 && (cfg.streamWindow < 64<<10 || cfg.streamWindow > 128<<20), "--grpc-stream-window", &cfg.streamWindow, "must be from 64KiB to 128MiB"},

@@ -31,6 +31,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	setGCPercent(cfg.gcPercent, getenv)
 	logger := newLogger(cfg, stderr)
 	d, err := newDaemon(cfg, logger)
 	var uerr *usageError

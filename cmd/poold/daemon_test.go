@@ -112,6 +112,7 @@ func TestBadConfigurationExitsTwoNamingTheFlag(t *testing.T) {
 		{"debug listener on a routable address", []string{"--debug-listen=192.0.2.1:6060"}, nil, `--debug-listen-public`},
 		{"pipeline depth of zero", []string{"--max-pipeline-depth=0"}, nil, `--max-pipeline-depth`},
 		{"stream window below HTTP/2's minimum", []string{"--grpc-stream-window=1KiB"}, nil, `--grpc-stream-window`},
+		{"negative gc percent", []string{"--gc-percent=-5"}, nil, `--gc-percent`},
 		{"absurd stream workers", []string{"--grpc-stream-workers=1000000"}, nil, `--grpc-stream-workers`},
 		{"bad value from the environment", nil, map[string]string{"POOLD_LISTEN": "notaport"}, `--listen (from POOLD_LISTEN)`},
 	}
