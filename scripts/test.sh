@@ -16,6 +16,9 @@ if [[ -n "$unformatted" ]]; then
   exit 1
 fi
 go vet ./...
+# The end-to-end benchmark is a module of its own (bench/go.mod), so that
+# poold's dependencies never include its baselines.
+(cd bench && go vet ./... && go test -count=1 ./...)
 
 step "contract: buf format, buf lint, generated code fresh"
 bash scripts/check-api.sh
@@ -28,6 +31,7 @@ go test -count=1 -run '^TestStreamMovesLargeBodiesBothWaysInBoundedMemory$' -v .
 
 step "allocations per request, pinned (without the race detector, which allocates on its own account)"
 go test -count=1 -run 'TestRoundTripAllocations|TestParseResponseHeadAllocs|TestRequestHeadWritesWithoutAllocating' -v ./pool | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
+go test -count=1 -run 'TestDoAllocations' -v ./server | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
 
 step "chaos soak: 60s of hostile upstreams, cancels and policy swaps"
 POOLD_SOAK_DURATION=${POOLD_SOAK_DURATION:-60s} go test -race -count=1 -run '^TestSoak$' -v ./server | grep -E '^ *(--- |soak)|^(ok|FAIL|PASS)'
@@ -40,6 +44,9 @@ bash scripts/walkthrough.sh
 
 step "clients in other languages"
 bash scripts/examples.sh
+
+step "end-to-end benchmark, a short run so that it keeps working (its numbers gate nothing)"
+bash scripts/bench-e2e.sh --short
 
 echo
 echo "all checks passed"
