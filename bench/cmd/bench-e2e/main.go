@@ -53,6 +53,7 @@ type config struct {
 // a flag is measured in the same run as the default.
 type variant struct {
 	name   string
+	bin    string // the poold binary; "" for --poold's
 	stream bool
 	args   []string
 }
@@ -88,15 +89,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.hopFastHTTPBin, "hop-fasthttp", "", "fasthttp hop binary (required for its target)")
 	fs.StringVar(&cfg.nginxBin, "nginx", "nginx", "nginx binary")
 	targets := fs.String("targets", strings.Join(knownTargets, ","), "targets to measure, comma-separated")
-	fs.Func("variant", "an extra poold target `name=flags`, measured beside the others; a name ending in -stream uses Pipeline (repeatable)", func(s string) error {
+	fs.Func("variant", "an extra poold target `name[@binary]=flags`, measured beside the others: another binary (a change against its baseline), other flags or both; a name ending in -stream uses Pipeline (repeatable)", func(s string) error {
 		name, args, ok := strings.Cut(s, "=")
+		name, bin, _ := strings.Cut(name, "@")
 		if !ok || name == "" {
-			return fmt.Errorf("want name=flags, got %q", s)
+			return fmt.Errorf("want name[@binary]=flags, got %q", s)
 		}
-		if slices.Contains(knownTargets, name) {
-			return fmt.Errorf("variant name %q is a built-in target", name)
+		if slices.Contains(knownTargets, name) || slices.ContainsFunc(cfg.variants, func(v variant) bool { return v.name == name }) {
+			return fmt.Errorf("variant name %q is taken", name)
 		}
-		cfg.variants = append(cfg.variants, variant{name: name, stream: strings.HasSuffix(name, "-stream"), args: strings.Fields(args)})
+		cfg.variants = append(cfg.variants, variant{name: name, bin: bin, stream: strings.HasSuffix(name, "-stream"), args: strings.Fields(args)})
 		return nil
 	})
 	sizes := fs.String("sizes", "100,16384", "response body sizes in bytes, comma-separated")

@@ -58,7 +58,10 @@ func startHop(ctx context.Context, cs *children, name, bin string) (*child, stri
 
 // startPoold starts a poold and returns its gRPC address once /readyz
 // answers 200.
-func startPoold(ctx context.Context, cs *children, cfg *config, name string, extra []string) (*child, string, error) {
+func startPoold(ctx context.Context, cs *children, cfg *config, name, bin string, extra []string) (*child, string, error) {
+	if bin == "" {
+		bin = cfg.pooldBin
+	}
 	var lastErr error
 	for range startAttempts {
 		grpcPort, err := freePort()
@@ -78,7 +81,7 @@ func startPoold(ctx context.Context, cs *children, cfg *config, name string, ext
 			"--log-level=warn",
 		}, cfg.pooldArgs...)
 		args = append(args, extra...)
-		c, err := cs.start(name, nil, cfg.pooldBin, args...)
+		c, err := cs.start(name, nil, bin, args...)
 		if err != nil {
 			return nil, "", err
 		}
@@ -176,7 +179,7 @@ func startTargets(ctx context.Context, cs *children, cfg *config, upstream strin
 		targets = append(targets, t)
 	}
 	for _, v := range cfg.variants {
-		c, addr, err := startPoold(ctx, cs, cfg, v.name, v.args)
+		c, addr, err := startPoold(ctx, cs, cfg, v.name, v.bin, v.args)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("variant %s did not start: %w", v.name, err))
 			if ctx.Err() != nil {
@@ -212,7 +215,7 @@ func startTarget(ctx context.Context, cs *children, cfg *config, name, upstream 
 	t := &target{name: name}
 	switch name {
 	case targetPoold, targetPooldStream:
-		c, addr, err := startPoold(ctx, cs, cfg, name, nil)
+		c, addr, err := startPoold(ctx, cs, cfg, name, "", nil)
 		if err != nil {
 			return nil, err
 		}
