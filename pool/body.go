@@ -169,11 +169,12 @@ func (x *exchange) bodyError(err error) error {
 	switch {
 	case x.interrupted() == CloseCanceled:
 		phase, cause := ctxError(x.ctx, PhaseBody)
-		return &Error{Phase: phase, Host: x.hp.key, Err: cause}
+		return &Error{Phase: phase, Host: x.hp.key, Err: cause, Sent: true}
 	case x.hp.e.isClosed.Load():
-		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: joinClosed(err)}
+		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: joinClosed(err), Sent: true}
 	}
-	return &Error{Phase: PhaseBody, Host: x.hp.key, Err: protocolError(err)}
+	// A response head came back: the upstream had the request.
+	return &Error{Phase: PhaseBody, Host: x.hp.key, Err: protocolError(err), Sent: true}
 }
 
 func (x *exchange) interrupted() CloseReason {

@@ -47,6 +47,13 @@ type Error struct {
 	Phase Phase
 	Host  string
 	Err   error
+	// Sent reports that some of the request left poold on a connection
+	// before it failed, so the upstream may have acted on it: sending it
+	// again may do the work twice. It is false for every failure before a
+	// byte was written (queue, dial, proxy, TLS, a write that sent
+	// nothing), and the engine's own retries only happen when sending
+	// again is safe, so a request it retried reports its last attempt.
+	Sent bool
 }
 
 // Error reads like "pool: response_header https://api.example.com:443: i/o timeout".

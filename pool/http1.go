@@ -61,6 +61,7 @@ type exchange struct {
 	wire    wireOpts
 
 	reused     bool
+	sentBase   uint64 // the conn's bytesWritten when the exchange began
 	stopCancel func() bool // disarms the context watcher; nil if the context cannot end
 	writeStart time.Time
 
@@ -110,6 +111,7 @@ func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {
 		x.hp.e.emit(x.hp, EventReused, c.id, "", "")
 	}
 	c.takeBuffers()
+	x.sentBase = c.bytesWritten.Load()
 	c.ixMu.Lock()
 	if c.owner != nil {
 		c.ixMu.Unlock()
@@ -394,9 +396,11 @@ func (x *exchange) fail(err error) (*http.Response, bool, error) {
 	default:
 		cause = protocolError(err)
 	}
+	// Read after the writer has stopped, so no late byte is missed.
+	sent := x.gotByte || c.bytesWritten.Load() > x.sentBase
 	c.returnBuffers(x.wrote)
 	x.hp.release(c, reason)
-	return nil, retryable, &Error{Phase: phase, Host: x.hp.key, Err: cause}
+	return nil, retryable, &Error{Phase: phase, Host: x.hp.key, Err: cause, Sent: sent}
 }
 
 // finish ends an exchange whose response was delivered: the conn goes
