@@ -131,40 +131,40 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 	idempotentPost := &pooldv1.DoRequest{Method: "POST", Body: []byte("pay once"), Headers: []*pooldv1.Header{hdr("Idempotency-Key", "k1")}}
 	timeout300ms := &pooldv1.DoRequest{Timeout: pdur(300 * time.Millisecond)}
 	const (
-		unavailable = codes.Unavailable
+		aborted     = codes.Aborted // each request below was sent before it failed
 		reset       = ReasonUpstreamReset
 		malformed   = ReasonUpstreamProtocolError
 	)
 	tests := []upstreamCase{
 		// The upstream closes.
-		{name: "closed before reading the request", verb: (*adversary).closeImmediately, code: unavailable, reason: reset},
-		{name: "closed after the response head", verb: (*adversary).closeAfterHeaders, code: unavailable, reason: reset},
-		{name: "closed 10 bytes into a 100-byte body", verb: (*adversary).truncatedBody, code: unavailable, reason: reset, closedAs: "error"},
-		{name: "closed before the last chunk", verb: (*adversary).truncatedChunked, code: unavailable, reason: reset},
-		{name: "closed 10 bytes into the body of a Stream", verb: (*adversary).truncatedBody, stream: true, code: unavailable, reason: reset},
+		{name: "closed before reading the request", verb: (*adversary).closeImmediately, code: aborted, reason: reset},
+		{name: "closed after the response head", verb: (*adversary).closeAfterHeaders, code: aborted, reason: reset},
+		{name: "closed 10 bytes into a 100-byte body", verb: (*adversary).truncatedBody, code: aborted, reason: reset, closedAs: "error"},
+		{name: "closed before the last chunk", verb: (*adversary).truncatedChunked, code: aborted, reason: reset},
+		{name: "closed 10 bytes into the body of a Stream", verb: (*adversary).truncatedBody, stream: true, code: aborted, reason: reset},
 		{name: "keep-alive race: a GET is retried on a fresh connection", verb: (*adversary).closeOnSecondRequest, warm: true, status: 200, body: "ok", attempts: 2, reached: 2, closedAs: "server_closed"},
-		{name: "keep-alive race: a POST is not retried", verb: (*adversary).closeOnSecondRequest, warm: true, req: post, code: unavailable, reason: reset, reached: 1},
+		{name: "keep-alive race: a POST is not retried", verb: (*adversary).closeOnSecondRequest, warm: true, req: post, code: aborted, reason: reset, reached: 1},
 		{name: "keep-alive race: a POST with an Idempotency-Key is retried", verb: (*adversary).closeOnSecondRequest, warm: true, req: idempotentPost, status: 200, body: "ok", attempts: 2, reached: 2},
-		{name: "nothing listens", verb: func(a *adversary) *adversary { a.lis.Close(); return a }, code: unavailable, reason: ReasonConnectionRefused},
+		{name: "nothing listens", verb: func(a *adversary) *adversary { a.lis.Close(); return a }, code: codes.Unavailable, reason: ReasonConnectionRefused},
 
 		// The upstream resets.
-		{name: "reset before the response", verb: (*adversary).resetBeforeResponse, code: unavailable, reason: reset},
-		{name: "reset mid-body", verb: (*adversary).resetMidBody, code: unavailable, reason: reset, closedAs: "error"},
-		{name: "reset mid-body of a Stream", verb: (*adversary).resetMidBody, stream: true, code: unavailable, reason: reset},
+		{name: "reset before the response", verb: (*adversary).resetBeforeResponse, code: aborted, reason: reset},
+		{name: "reset mid-body", verb: (*adversary).resetMidBody, code: aborted, reason: reset, closedAs: "error"},
+		{name: "reset mid-body of a Stream", verb: (*adversary).resetMidBody, stream: true, code: aborted, reason: reset},
 
 		// Malformed framing.
-		{name: "garbage instead of a response", verb: (*adversary).sendGarbage, code: unavailable, reason: malformed},
-		{name: "status code that is not a number", verb: (*adversary).badStatusLine, code: unavailable, reason: malformed},
+		{name: "garbage instead of a response", verb: (*adversary).sendGarbage, code: aborted, reason: malformed},
+		{name: "status code that is not a number", verb: (*adversary).badStatusLine, code: aborted, reason: malformed},
 		{name: "identical duplicate Content-Length is one length (RFC 9112 6.3)", verb: (*adversary).duplicateContentLength, status: 200, body: "ok"},
-		{name: "conflicting Content-Length", verb: (*adversary).conflictingContentLength, code: unavailable, reason: malformed},
-		{name: "Content-Length that is not decimal", verb: (*adversary).invalidContentLength, code: unavailable, reason: malformed},
+		{name: "conflicting Content-Length", verb: (*adversary).conflictingContentLength, code: aborted, reason: malformed},
+		{name: "Content-Length that is not decimal", verb: (*adversary).invalidContentLength, code: aborted, reason: malformed},
 		{name: "chunked framing wins over Content-Length", verb: (*adversary).contentLengthWithChunked, status: 200, body: "ok"},
-		{name: "unknown transfer coding", verb: (*adversary).unknownTransferEncoding, code: unavailable, reason: malformed},
-		{name: "chunk size that is not hexadecimal", verb: (*adversary).badChunked, code: unavailable, reason: malformed},
-		{name: "chunk size that is not hexadecimal, in a Stream", verb: (*adversary).badChunked, stream: true, code: unavailable, reason: malformed},
-		{name: "chunk extension flood", verb: (*adversary).chunkExtensionFlood, code: unavailable, reason: malformed},
-		{name: "chunk line longer than any reader takes", verb: (*adversary).chunkLineTooLong, code: unavailable, reason: malformed},
-		{name: "header line with a space in the name", verb: (*adversary).invalidHeaderLine, code: unavailable, reason: malformed},
+		{name: "unknown transfer coding", verb: (*adversary).unknownTransferEncoding, code: aborted, reason: malformed},
+		{name: "chunk size that is not hexadecimal", verb: (*adversary).badChunked, code: aborted, reason: malformed},
+		{name: "chunk size that is not hexadecimal, in a Stream", verb: (*adversary).badChunked, stream: true, code: aborted, reason: malformed},
+		{name: "chunk extension flood", verb: (*adversary).chunkExtensionFlood, code: aborted, reason: malformed},
+		{name: "chunk line longer than any reader takes", verb: (*adversary).chunkLineTooLong, code: aborted, reason: malformed},
+		{name: "header line with a space in the name", verb: (*adversary).invalidHeaderLine, code: aborted, reason: malformed},
 		{name: "bytes after the response are not served to anyone", verb: (*adversary).bytesAfterResponse, status: 200, body: "ok", closedAs: "unusable"},
 		{name: "header value in ISO-8859-1 (obs-text)", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
@@ -174,15 +174,15 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 		}, status: 200, body: "ok", trailer: [2]string{"X-Name", "café"}},
 		{name: "header value with NUL", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nX-Name: a\x00b\r\nContent-Length: 2\r\n\r\nok")
-		}, code: unavailable, reason: malformed},
+		}, code: aborted, reason: malformed},
 		{name: "header line with bytes that are not UTF-8", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\nBad\xffName: \xfe\r\nContent-Length: 2\r\n\r\nok")
-		}, code: unavailable, reason: malformed},
+		}, code: aborted, reason: malformed},
 		{name: "folded first header line", verb: func(a *adversary) *adversary {
 			return a.reply("HTTP/1.1 200 OK\r\n folded: x\r\nContent-Length: 2\r\n\r\nok")
-		}, code: unavailable, reason: malformed},
+		}, code: aborted, reason: malformed},
 		{name: "HTTP/1.0 body until close", verb: (*adversary).http10UntilClose, status: 200, body: "until close", closedAs: "server_closed"},
-		{name: "101 Switching Protocols nobody asked for", verb: (*adversary).unsolicitedUpgrade, req: timeout300ms, code: unavailable, reason: malformed, closedAs: "error"},
+		{name: "101 Switching Protocols nobody asked for", verb: (*adversary).unsolicitedUpgrade, req: timeout300ms, code: aborted, reason: malformed, closedAs: "error"},
 
 		// Slow upstreams.
 		{name: "no response head", verb: (*adversary).stallHeaders, code: codes.DeadlineExceeded, reason: ReasonResponseHeaderTimeout, closedAs: "error"},
@@ -197,24 +197,24 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 		// TLS.
 		{name: "TLS upstream that answers", verb: (*adversary).ok, tls: tlsTrusted, status: 200, body: "ok"},
 		{name: "TCP accepted, handshake never answered", verb: (*adversary).tlsStall, tls: tlsByVerb, code: codes.DeadlineExceeded, reason: ReasonTLSHandshakeTimeout},
-		{name: "plain text in answer to the ClientHello", verb: (*adversary).tlsGarbage, tls: tlsByVerb, code: unavailable, reason: ReasonTLSError},
-		{name: "closed during the handshake", verb: (*adversary).closeImmediately, tls: tlsByVerb, code: unavailable, reason: ReasonTLSError},
-		{name: "untrusted certificate", verb: (*adversary).ok, tls: tlsUntrusted, code: unavailable, reason: ReasonTLSError},
-		{name: "garbage inside a good TLS session", verb: (*adversary).sendGarbage, tls: tlsTrusted, code: unavailable, reason: malformed},
+		{name: "plain text in answer to the ClientHello", verb: (*adversary).tlsGarbage, tls: tlsByVerb, code: codes.Unavailable, reason: ReasonTLSError},
+		{name: "closed during the handshake", verb: (*adversary).closeImmediately, tls: tlsByVerb, code: codes.Unavailable, reason: ReasonTLSError},
+		{name: "untrusted certificate", verb: (*adversary).ok, tls: tlsUntrusted, code: codes.Unavailable, reason: ReasonTLSError},
+		{name: "garbage inside a good TLS session", verb: (*adversary).sendGarbage, tls: tlsTrusted, code: aborted, reason: malformed},
 
 		// 1xx abuse is bounded.
-		{name: "endless 103 Early Hints", verb: func(a *adversary) *adversary { return a.infinite1xx(103) }, code: unavailable, reason: malformed},
-		{name: "endless 100 Continue", verb: func(a *adversary) *adversary { return a.infinite1xx(100) }, code: unavailable, reason: malformed},
+		{name: "endless 103 Early Hints", verb: func(a *adversary) *adversary { return a.infinite1xx(103) }, code: aborted, reason: malformed},
+		{name: "endless 100 Continue", verb: func(a *adversary) *adversary { return a.infinite1xx(100) }, code: aborted, reason: malformed},
 		{name: "a few 103 before the response are fine", verb: func(a *adversary) *adversary { return a.some1xxThenOK(5) }, status: 200, body: "ok"},
 
 		// Huge heads and bodies.
 		{name: "head over the policy's max_response_header_bytes", verb: func(a *adversary) *adversary { return a.hugeHeaders(8 << 10) },
 			policy: &pooldv1.Policy{MaxResponseHeaderBytes: pu32(4 << 10)}, paths: []string{"max_response_header_bytes"},
-			code: unavailable, reason: malformed, closedAs: "error"},
+			code: aborted, reason: malformed, closedAs: "error"},
 		{name: "head within the policy's max_response_header_bytes", verb: func(a *adversary) *adversary { return a.hugeHeaders(3 << 10) },
 			policy: &pooldv1.Policy{MaxResponseHeaderBytes: pu32(4 << 10)}, paths: []string{"max_response_header_bytes"},
 			status: 200, body: "ok"},
-		{name: "head over the built-in 1 MiB", verb: func(a *adversary) *adversary { return a.hugeHeaders(2 << 20) }, code: unavailable, reason: malformed},
+		{name: "head over the built-in 1 MiB", verb: func(a *adversary) *adversary { return a.hugeHeaders(2 << 20) }, code: aborted, reason: malformed},
 		{name: "endless body over the Do body limit", verb: (*adversary).infiniteBody, code: codes.ResourceExhausted, reason: ReasonBodyTooLarge},
 		{name: "100 Continue to Expect: 100-continue, then the response", verb: (*adversary).continueThenOK,
 			req: &pooldv1.DoRequest{Method: "POST", Body: []byte("payload"), Headers: []*pooldv1.Header{hdr("Expect", "100-continue")}}, status: 200, body: "ok", reached: 1},
@@ -281,6 +281,9 @@ func (d *advDaemon) runUpstreamCase(t *testing.T, tt upstreamCase) {
 		}
 	} else {
 		wantStatus(t, err, tt.code, tt.reason)
+		if _, bad := classifyOutcome(err, false); bad != "" {
+			t.Error(bad)
+		}
 	}
 	if tt.reached != 0 {
 		if got := a.seen(id); got != tt.reached {
@@ -328,7 +331,7 @@ func TestFailingProxiesFailTheDialWithProxyError(t *testing.T) {
 		{name: "a working tunnel reaches the origin", proxy: (*adversary).connectTunnel, code: codes.OK},
 		{name: "a working tunnel to an origin that stalls the handshake", proxy: (*adversary).connectTunnel, origin: (*adversary).tlsStall,
 			code: codes.DeadlineExceeded, reason: ReasonTLSHandshakeTimeout},
-		{name: "garbage from a proxy for a plain-http origin", proxy: (*adversary).sendGarbage, plain: true, code: codes.Unavailable, reason: ReasonUpstreamProtocolError},
+		{name: "garbage from a proxy for a plain-http origin", proxy: (*adversary).sendGarbage, plain: true, code: codes.Aborted, reason: ReasonUpstreamProtocolError},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,11 @@ import (
 // ErrorDomain is the ErrorInfo domain of every error poold returns.
 const ErrorDomain = "poold.dev"
 
+// MetadataMayHaveReachedUpstream is the ErrorInfo metadata key set to
+// "true" on a failure after some of the request was sent: the upstream may
+// have acted on it. Such a failure is never UNAVAILABLE.
+const MetadataMayHaveReachedUpstream = "may_have_reached_upstream"
+
 // ErrorInfo reasons. The README's error table lists them with their codes.
 const (
 	ReasonInvalidArgument       = "INVALID_ARGUMENT"
@@ -68,7 +73,9 @@ func (e *errBodyTooLarge) Error() string {
 
 // statusFromError maps an engine, dialer or context error to a gRPC status
 // carrying an ErrorInfo. It is the one place where poold decides which code
-// a caller sees: UNAVAILABLE when the call can be retried as it is,
+// a caller sees: UNAVAILABLE when the call can be retried as it is, since
+// nothing of it reached the upstream, ABORTED when it failed the same way
+// after it may have,
 // DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for full queues and
 // limits. The message names the phase and host but never the URL, whose
 // query may hold secrets.
@@ -85,6 +92,17 @@ func statusFromError(err error) error {
 	if errors.As(err, &perr) {
 		md["phase"] = string(perr.Phase)
 		md["host"] = perr.Host
+		if perr.Sent {
+			// UNAVAILABLE is the code gRPC clients retry on their own
+			// (retryableStatusCodes); a request the upstream may have
+			// acted on must not be sent again without the caller's say.
+			// ABORTED is the codes doc's "retry at a higher level": find
+			// out whether it took effect, then decide.
+			md[MetadataMayHaveReachedUpstream] = "true"
+			if code == codes.Unavailable {
+				code = codes.Aborted
+			}
+		}
 	}
 	var derr *dialer.Error
 	if errors.As(err, &derr) {

@@ -49,9 +49,13 @@ func TestStatusFromErrorMapsEveryRowOfTheTable(t *testing.T) {
 		{"bare context deadline", context.DeadlineExceeded, codes.DeadlineExceeded, ReasonRequestTimeout},
 		{"dns", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepResolve, Err: &net.DNSError{Err: "no such host", Name: "x.onion", IsNotFound: true}}}, codes.Unavailable, ReasonDNSError},
 		{"refused", &pool.Error{Phase: pool.PhaseDial, Err: &dialer.Error{Step: dialer.StepConnect, Err: &net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}}}, codes.Unavailable, ReasonConnectionRefused},
-		{"reset", &pool.Error{Phase: pool.PhaseBody, Err: &net.OpError{Op: "read", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}}}, codes.Unavailable, ReasonUpstreamReset},
-		{"truncated body", &pool.Error{Phase: pool.PhaseBody, Err: io.ErrUnexpectedEOF}, codes.Unavailable, ReasonUpstreamReset},
-		{"malformed head", &pool.Error{Phase: pool.PhaseResponseHeader, Err: fmt.Errorf("%w: bad status line", pool.ErrProtocol)}, codes.Unavailable, ReasonUpstreamProtocolError},
+		{"reset", &pool.Error{Phase: pool.PhaseBody, Err: &net.OpError{Op: "read", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}}, Sent: true}, codes.Aborted, ReasonUpstreamReset},
+		{"reset before a byte was sent", &pool.Error{Phase: pool.PhaseWrite, Err: &net.OpError{Op: "write", Err: &os.SyscallError{Syscall: "write", Err: syscall.EPIPE}}}, codes.Unavailable, ReasonUpstreamReset},
+		{"truncated body", &pool.Error{Phase: pool.PhaseBody, Err: io.ErrUnexpectedEOF, Sent: true}, codes.Aborted, ReasonUpstreamReset},
+		{"malformed head", &pool.Error{Phase: pool.PhaseResponseHeader, Err: fmt.Errorf("%w: bad status line", pool.ErrProtocol), Sent: true}, codes.Aborted, ReasonUpstreamProtocolError},
+		{"shut down after sending", &pool.Error{Phase: pool.PhaseResponseHeader, Err: pool.ErrClosed, Sent: true}, codes.Aborted, ReasonShuttingDown},
+		{"timeout after sending", &pool.Error{Phase: pool.PhaseResponseHeader, Err: timeout, Sent: true}, codes.DeadlineExceeded, ReasonResponseHeaderTimeout},
+		{"cancel after sending", &pool.Error{Phase: pool.PhaseResponseHeader, Err: context.Canceled, Sent: true}, codes.Canceled, ReasonCanceled},
 		{"proxy refused", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: errors.New("proxy answered 407")}}, codes.Unavailable, ReasonProxyError},
 		{"proxy not listening", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: &net.OpError{Op: "dial", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}}}, codes.Unavailable, ReasonProxyError},
 		{"proxy name unknown", &pool.Error{Phase: pool.PhaseProxy, Err: &dialer.Error{Step: dialer.StepProxy, Err: &net.DNSError{Err: "no such host", Name: "proxy.onion", IsNotFound: true}}}, codes.Unavailable, ReasonProxyError},
@@ -63,9 +67,15 @@ func TestStatusFromErrorMapsEveryRowOfTheTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, reason := codeAndReason(statusFromError(tt.err))
+			st := statusFromError(tt.err)
+			code, reason := codeAndReason(st)
 			if code != tt.code || reason != tt.reason {
 				t.Errorf("statusFromError(%v) = %v %s, want %v %s", tt.err, code, reason, tt.code, tt.reason)
+			}
+			var pe *pool.Error
+			sent := errors.As(tt.err, &pe) && pe.Sent
+			if got := errorInfo(st).GetMetadata()[MetadataMayHaveReachedUpstream]; (got == "true") != sent {
+				t.Errorf("%s = %q, want it set: %v", MetadataMayHaveReachedUpstream, got, sent)
 			}
 		})
 	}

@@ -259,13 +259,13 @@ func TestDoMapsUpstreamFailuresToCodesAndReasons(t *testing.T) {
 			url: func(t *testing.T) string {
 				return upstream(t, hijackAfter("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")).URL
 			},
-			code:   codes.Unavailable,
+			code:   codes.Aborted,
 			reason: ReasonUpstreamReset,
 		},
 		{
 			name:   "an upstream that sends garbage",
 			url:    func(t *testing.T) string { return "http://" + rawServer(t, "SSH-2.0-OpenSSH_9.6\r\n\r\n") + "/" },
-			code:   codes.Unavailable,
+			code:   codes.Aborted,
 			reason: ReasonUpstreamProtocolError,
 		},
 		{

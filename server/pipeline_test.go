@@ -83,7 +83,7 @@ func TestPipelineAnswersEveryRequestOnceWhateverItsOutcome(t *testing.T) {
 			return &pooldv1.DoRequest{Url: base + "/ok/" + strconv.FormatUint(id, 10)}
 		}, false, pipelineOutcome{status: 200}},
 		{"404", func(uint64) *pooldv1.DoRequest { return &pooldv1.DoRequest{Url: base + "/missing"} }, false, pipelineOutcome{status: 404}},
-		{"upstream reset", func(uint64) *pooldv1.DoRequest { return &pooldv1.DoRequest{Url: base + "/reset"} }, false, pipelineOutcome{code: codes.Unavailable, reason: ReasonUpstreamReset}},
+		{"upstream reset", func(uint64) *pooldv1.DoRequest { return &pooldv1.DoRequest{Url: base + "/reset"} }, false, pipelineOutcome{code: codes.Aborted, reason: ReasonUpstreamReset}},
 		{"egress denied", func(uint64) *pooldv1.DoRequest { return &pooldv1.DoRequest{Url: "http://" + denied + "/"} }, false, pipelineOutcome{code: codes.PermissionDenied, reason: ReasonEgressDenied}},
 		{"timeout", func(uint64) *pooldv1.DoRequest {
 			return &pooldv1.DoRequest{Url: base + "/stall", Timeout: durationpb.New(20 * time.Millisecond)}

@@ -34,7 +34,9 @@ var readmeOutcomes = map[codes.Code][]string{
 		ReasonTLSError, ReasonProxyError, ReasonUpstreamError, ReasonShuttingDown},
 	codes.PermissionDenied: {ReasonEgressDenied},
 	codes.Canceled:         {ReasonCanceled},
-	codes.Aborted:          {"ETAG_MISMATCH"},
+	// ABORTED for an upstream failure is UNAVAILABLE's counterpart once
+	// some of the request was sent.
+	codes.Aborted: {ReasonEtagMismatch, ReasonUpstreamReset, ReasonUpstreamProtocolError, ReasonUpstreamError, ReasonShuttingDown},
 }
 
 // soakDuration reads POOLD_SOAK_DURATION (default 3s).
@@ -333,6 +335,13 @@ func classifyOutcome(err error, cancelled bool) (outcome, bad string) {
 		// The client's own cancellation: gRPC ends the call locally and
 		// the server's answer never arrives.
 		return "Canceled (by the caller, client side)", ""
+	}
+	delivered := errorInfo(err).GetMetadata()[MetadataMayHaveReachedUpstream] == "true"
+	switch {
+	case st.Code() == codes.Unavailable && delivered:
+		return outcome, "UNAVAILABLE, which callers retry as is, for a request that may have reached the upstream: " + err.Error()
+	case st.Code() == codes.Aborted && reason != ReasonEtagMismatch && !delivered:
+		return outcome, "ABORTED without " + MetadataMayHaveReachedUpstream + ": " + err.Error()
 	}
 	for _, r := range readmeOutcomes[st.Code()] {
 		if r == reason {

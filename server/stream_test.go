@@ -232,7 +232,7 @@ func TestStreamEndsWithUpstreamResetWhenTheUpstreamFailsMidBody(t *testing.T) {
 	up := upstream(t, hijackAfter("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"+strings.Repeat("x", sent)))
 	h := newHTTPHarness(t)
 	res, err := h.stream(t, testContext(t), &pooldv1.DoRequest{Url: up.URL}, "")
-	wantStatus(t, err, codes.Unavailable, ReasonUpstreamReset)
+	wantStatus(t, err, codes.Aborted, ReasonUpstreamReset)
 	if res.head.GetStatusCode() != http.StatusOK {
 		t.Errorf("head status %d, want the 200 that came before the failure", res.head.GetStatusCode())
 	}

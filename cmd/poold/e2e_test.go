@@ -423,8 +423,9 @@ func TestEveryRowOfTheErrorTable(t *testing.T) {
 		{"request timeout", &pooldv1.DoRequest{Url: slow.URL, Timeout: durationpb.New(300 * time.Millisecond)}, codes.DeadlineExceeded, "REQUEST_TIMEOUT"},
 		{"dns failure", &pooldv1.DoRequest{Url: "http://no-such-host.onion/"}, codes.Unavailable, "DNS_ERROR"},
 		{"connection refused", &pooldv1.DoRequest{Url: "http://" + closedPortAddr(t)}, codes.Unavailable, "CONNECTION_REFUSED"},
-		{"upstream reset", &pooldv1.DoRequest{Url: reset.URL}, codes.Unavailable, "UPSTREAM_RESET"},
-		{"malformed response", &pooldv1.DoRequest{Url: "http://" + garbage}, codes.Unavailable, "UPSTREAM_PROTOCOL_ERROR"},
+		// Both after the request was sent: ABORTED, never UNAVAILABLE.
+		{"upstream reset", &pooldv1.DoRequest{Url: reset.URL}, codes.Aborted, "UPSTREAM_RESET"},
+		{"malformed response", &pooldv1.DoRequest{Url: "http://" + garbage}, codes.Aborted, "UPSTREAM_PROTOCOL_ERROR"},
 		// Refused by the egress rules before any connect: nothing is sent.
 		{"cloud metadata address", &pooldv1.DoRequest{Url: "http://169.254.169.254/latest/meta-data/"}, codes.PermissionDenied, "EGRESS_DENIED"},
 		{"poold's own listener", &pooldv1.DoRequest{Url: "http://" + d.grpcAddr + "/"}, codes.PermissionDenied, "EGRESS_DENIED"},

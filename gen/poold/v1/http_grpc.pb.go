@@ -35,9 +35,14 @@ const (
 // INVALID_ARGUMENT (bad input, with a BadRequest naming the field),
 // PERMISSION_DENIED (egress blocked), RESOURCE_EXHAUSTED (queue full, body too
 // large), DEADLINE_EXCEEDED (a timeout, with the phase as ErrorInfo reason),
-// UNAVAILABLE (DNS failure, refused, reset, malformed upstream response) or
-// CANCELLED (the caller went away). Every error carries a
-// google.rpc.ErrorInfo with domain "poold.dev" and a reason.
+// UNAVAILABLE (DNS failure, refused connect, TLS failure, reset before a byte
+// of the request was sent: nothing reached the upstream, so the call is safe
+// to retry as it is), ABORTED (reset or malformed response after the request
+// was sent: the upstream may have acted on it, so retry only at a higher
+// level, knowing whether it is idempotent) or CANCELLED (the caller went
+// away). Every error carries a google.rpc.ErrorInfo with domain "poold.dev"
+// and a reason; a failure after the request was sent also has the metadata
+// may_have_reached_upstream: "true".
 type HTTPServiceClient interface {
 	// Do sends one HTTP request with its whole body and returns the whole
 	// response. Response bodies larger than the daemon's --max-body-size fail
@@ -134,9 +139,14 @@ type HTTPService_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, Pipe
 // INVALID_ARGUMENT (bad input, with a BadRequest naming the field),
 // PERMISSION_DENIED (egress blocked), RESOURCE_EXHAUSTED (queue full, body too
 // large), DEADLINE_EXCEEDED (a timeout, with the phase as ErrorInfo reason),
-// UNAVAILABLE (DNS failure, refused, reset, malformed upstream response) or
-// CANCELLED (the caller went away). Every error carries a
-// google.rpc.ErrorInfo with domain "poold.dev" and a reason.
+// UNAVAILABLE (DNS failure, refused connect, TLS failure, reset before a byte
+// of the request was sent: nothing reached the upstream, so the call is safe
+// to retry as it is), ABORTED (reset or malformed response after the request
+// was sent: the upstream may have acted on it, so retry only at a higher
+// level, knowing whether it is idempotent) or CANCELLED (the caller went
+// away). Every error carries a google.rpc.ErrorInfo with domain "poold.dev"
+// and a reason; a failure after the request was sent also has the metadata
+// may_have_reached_upstream: "true".
 type HTTPServiceServer interface {
 	// Do sends one HTTP request with its whole body and returns the whole
 	// response. Response bodies larger than the daemon's --max-body-size fail
