@@ -36,8 +36,9 @@ type EgressConfig struct {
 //     poold calling itself is a loop, never an upstream.
 //  3. A host matching a Deny host pattern is denied.
 //  4. The address is normalized (IPv4-mapped becomes IPv4, zones dropped),
-//     and when it embeds an IPv4 address (NAT64 64:ff9b::/96, 6to4
-//     2002::/16, Teredo 2001::/32, IPv4-compatible ::/96) that address is
+//     and when it embeds an IPv4 address (NAT64 64:ff9b::/96 and, as a /96,
+//     64:ff9b:1::/48, SIIT ::ffff:0:0:0/96, 6to4 2002::/16, Teredo
+//     2001::/32, IPv4-compatible ::/96) that address is
 //     decided too; the dial is denied if either is. Each is decided by the
 //     most specific prefix that contains it among the explicit Deny rules,
 //     the explicit Allow rules and the built-in deny list; on a tie an
@@ -49,8 +50,9 @@ type EgressConfig struct {
 //     then only a host matching an Allow host pattern lets it through.
 //
 // The built-in deny list is loopback (127.0.0.0/8, ::1), link-local
-// (169.254.0.0/16 with the cloud metadata address 169.254.169.254,
-// fe80::/10), the IPv6 cloud metadata address fd00:ec2::254/128,
+// (169.254.0.0/16, fe80::/10), every cloud metadata and platform address in
+// addrClasses (169.254.169.254, fd00:ec2::/32, 100.100.100.200,
+// 168.63.129.16 and more), the NAT64 local-use prefix 64:ff9b:1::/48,
 // unspecified (0.0.0.0/8, ::), multicast (224.0.0.0/4, ff00::/8) and
 // broadcast (255.255.255.255/32). It applies with DefaultDeny too, where it
 // only matters against an allow rule wider than it.

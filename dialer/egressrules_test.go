@@ -10,18 +10,19 @@ import (
 // These tests only classify addresses; no traffic goes anywhere.
 
 var (
-	cfgDefault     = EgressConfig{}
-	cfgAllowLo     = EgressConfig{Allow: []string{"127.0.0.1/32"}}
-	cfgAllowMapped = EgressConfig{Allow: []string{"::ffff:127.0.0.0/104"}}
-	cfgDenyInAllow = EgressConfig{Allow: []string{"10.0.0.0/8"}, Deny: []string{"10.1.0.0/16"}}
-	cfgAllowInDeny = EgressConfig{Deny: []string{"10.0.0.0/8"}, Allow: []string{"10.2.0.0/16"}}
-	cfgTie         = EgressConfig{Allow: []string{"10.9.0.0/16"}, Deny: []string{"10.9.0.0/16"}}
-	cfgAllowAll    = EgressConfig{Allow: []string{"0.0.0.0/0", "::/0"}}
-	cfgAllowV6Lo   = EgressConfig{Allow: []string{"::1"}}
-	cfgAllowList   = EgressConfig{DefaultDeny: true, Allow: []string{"10.0.0.0/8", "*.internal.example", "api.partner.example"}}
-	cfgDenyHosts   = EgressConfig{Allow: []string{"203.0.113.7"}, Deny: []string{"*.evil.example", "Bad.Example."}}
-	cfgPorts       = EgressConfig{AllowedPorts: []uint16{443, 8443}}
-	cfgSelf        = EgressConfig{
+	cfgDefault         = EgressConfig{}
+	cfgAllowLo         = EgressConfig{Allow: []string{"127.0.0.1/32"}}
+	cfgAllowMapped     = EgressConfig{Allow: []string{"::ffff:127.0.0.0/104"}}
+	cfgDenyInAllow     = EgressConfig{Allow: []string{"10.0.0.0/8"}, Deny: []string{"10.1.0.0/16"}}
+	cfgAllowInDeny     = EgressConfig{Deny: []string{"10.0.0.0/8"}, Allow: []string{"10.2.0.0/16"}}
+	cfgTie             = EgressConfig{Allow: []string{"10.9.0.0/16"}, Deny: []string{"10.9.0.0/16"}}
+	cfgAllowAll        = EgressConfig{Allow: []string{"0.0.0.0/0", "::/0"}}
+	cfgAllowV6Lo       = EgressConfig{Allow: []string{"::1"}}
+	cfgAllowNAT64Local = EgressConfig{Allow: []string{"64:ff9b:1::/48"}}
+	cfgAllowList       = EgressConfig{DefaultDeny: true, Allow: []string{"10.0.0.0/8", "*.internal.example", "api.partner.example"}}
+	cfgDenyHosts       = EgressConfig{Allow: []string{"203.0.113.7"}, Deny: []string{"*.evil.example", "Bad.Example."}}
+	cfgPorts           = EgressConfig{AllowedPorts: []uint16{443, 8443}}
+	cfgSelf            = EgressConfig{
 		Allow:     []string{"127.0.0.1/32", "10.0.0.0/8"},
 		SelfAddrs: []netip.AddrPort{netip.MustParseAddrPort("[::]:7070"), netip.MustParseAddrPort("10.0.0.5:9090")},
 	}
@@ -45,10 +46,15 @@ var egressCases = []struct {
 	{"IPv6 loopback explicitly allowed", &cfgAllowV6Lo, "", "[::1]:80", ""},
 	{"IPv6 unspecified with IPv6 loopback allowed", &cfgAllowV6Lo, "", "[::]:80", ":: matches built-in deny unspecified ::/128"},
 	{"IPv4-mapped loopback", &cfgDefault, "", "[::ffff:127.0.0.1]:80", "127.0.0.1 matches built-in deny loopback 127.0.0.0/8"},
-	{"metadata", &cfgDefault, "", "169.254.169.254:80", "169.254.169.254 matches built-in deny link-local 169.254.0.0/16"},
-	{"IPv4-mapped metadata in hex", &cfgDefault, "", "[::ffff:a9fe:a9fe]:80", "169.254.169.254 matches built-in deny link-local 169.254.0.0/16"},
+	{"metadata", &cfgDefault, "", "169.254.169.254:80", "169.254.169.254 matches built-in deny cloud-metadata 169.254.169.254/32"},
+	{"IPv4-mapped metadata in hex", &cfgDefault, "", "[::ffff:a9fe:a9fe]:80", "169.254.169.254 matches built-in deny cloud-metadata 169.254.169.254/32"},
 	{"NAT64 loopback", &cfgDefault, "", "[64:ff9b::7f00:1]:80", "64:ff9b::7f00:1 embeds 127.0.0.1 (nat64), which matches built-in deny loopback 127.0.0.0/8"},
-	{"NAT64 metadata", &cfgDefault, "", "[64:ff9b::a9fe:a9fe]:80", "64:ff9b::a9fe:a9fe embeds 169.254.169.254 (nat64), which matches built-in deny link-local 169.254.0.0/16"},
+	{"NAT64 metadata", &cfgDefault, "", "[64:ff9b::a9fe:a9fe]:80", "64:ff9b::a9fe:a9fe embeds 169.254.169.254 (nat64), which matches built-in deny cloud-metadata 169.254.169.254/32"},
+	{"NAT64 local-use loopback", &cfgDefault, "", "[64:ff9b:1::7f00:1]:80", "64:ff9b:1::7f00:1 matches built-in deny nat64-local 64:ff9b:1::/48"},
+	{"NAT64 local-use, allowed, still unpacked", &cfgAllowNAT64Local, "", "[64:ff9b:1::7f00:1]:80", "64:ff9b:1::7f00:1 embeds 127.0.0.1 (nat64-local), which matches built-in deny loopback 127.0.0.0/8"},
+	{"NAT64 local-use of a public address, allowed", &cfgAllowNAT64Local, "", "[64:ff9b:1::808:808]:443", ""},
+	{"SIIT loopback", &cfgDefault, "", "[::ffff:0:7f00:1]:80", "::ffff:0:7f00:1 embeds 127.0.0.1 (ipv4-translated), which matches built-in deny loopback 127.0.0.0/8"},
+	{"SIIT of a public address", &cfgDefault, "", "[::ffff:0:808:808]:443", ""},
 	{"6to4 loopback", &cfgDefault, "", "[2002:7f00:1::1]:80", "2002:7f00:1::1 embeds 127.0.0.1 (6to4), which matches built-in deny loopback 127.0.0.0/8"},
 	{"Teredo loopback client", &cfgDefault, "", "[2001:0:4136:e378:8000:63bf:80ff:fffe]:80", "2001:0:4136:e378:8000:63bf:80ff:fffe embeds 127.0.0.1 (teredo), which matches built-in deny loopback 127.0.0.0/8"},
 	{"IPv4-compatible loopback", &cfgDefault, "", "[::127.0.0.1]:80", "::7f00:1 embeds 127.0.0.1 (ipv4-compatible), which matches built-in deny loopback 127.0.0.0/8"},
@@ -174,7 +180,8 @@ func TestClassifyNamesTheAddressKind(t *testing.T) {
 		{"127.0.0.1", "loopback"},
 		{"::1", "loopback"},
 		{"::ffff:127.0.0.1", "loopback"},
-		{"169.254.169.254", "link-local"},
+		{"169.254.169.254", "cloud-metadata"},
+		{"169.254.1.1", "link-local"},
 		{"fe80::1%eth0", "link-local"},
 		{"fd00:ec2::254", "cloud-metadata"},
 		{"0.0.0.0", "unspecified"},
@@ -192,6 +199,8 @@ func TestClassifyNamesTheAddressKind(t *testing.T) {
 		{"198.18.0.1", "benchmarking"},
 		{"240.0.0.1", "reserved"},
 		{"64:ff9b::7f00:1", "nat64"},
+		{"64:ff9b:1::7f00:1", "nat64-local"},
+		{"::ffff:0:7f00:1", "ipv4-translated"},
 		{"2002:7f00:1::1", "6to4"},
 		{"2001:0:4136:e378:8000:63bf:80ff:fffe", "teredo"},
 		{"::7f00:1", "ipv4-compatible"},
@@ -215,5 +224,47 @@ func TestEgressRulesDenyTheZeroAddress(t *testing.T) {
 	}
 	if err := r.CheckEgress("", netip.AddrPort{}); !errors.Is(err, ErrEgressDenied) {
 		t.Errorf("CheckEgress(zero) = %v, want a denial", err)
+	}
+}
+
+// Every cloud metadata and platform endpoint known here is denied with no
+// configuration at all, in each notation that reaches it. Only CheckEgress
+// runs: nothing is dialed, so a missing deny fails the test rather than
+// sending a packet off this machine.
+func TestBuiltInDeniesCoverTheClouds(t *testing.T) {
+	r, err := NewEgressRules(EgressConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		who, addr, class string
+	}{
+		{"AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack IMDS", "169.254.169.254", "cloud-metadata"},
+		{"AWS IMDS over IPv6", "fd00:ec2::254", "cloud-metadata"},
+		{"AWS EKS Pod Identity over IPv6", "fd00:ec2::23", "cloud-metadata"},
+		{"AWS ECS task credentials", "169.254.170.2", "cloud-metadata"},
+		{"AWS EKS Pod Identity", "169.254.170.23", "cloud-metadata"},
+		{"GCP metadata over IPv6", "fd20:ce::254", "cloud-metadata"},
+		{"Azure WireServer", "168.63.129.16", "cloud-metadata"},
+		{"Alibaba Cloud metadata", "100.100.100.200", "cloud-metadata"},
+		{"Oracle Cloud metadata over IPv6", "fd00:c1::a9fe:a9fe", "cloud-metadata"},
+		{"Oracle Cloud Classic metadata", "192.0.0.192", "cloud-metadata"},
+		{"Tencent Cloud metadata", "169.254.0.23", "cloud-metadata"},
+		{"loopback through NAT64 local-use", "64:ff9b:1::7f00:1", "nat64-local"},
+		{"loopback through SIIT", "::ffff:0:7f00:1", "ipv4-translated"},
+		{"IMDS through SIIT", "::ffff:0:a9fe:a9fe", "ipv4-translated"},
+		{"Alibaba through NAT64", "64:ff9b::6464:64c8", "nat64"},
+	} {
+		t.Run(tc.who, func(t *testing.T) {
+			a := netip.MustParseAddr(tc.addr)
+			if got := Classify(a); got != tc.class {
+				t.Errorf("Classify(%s) = %q, want %q", a, got, tc.class)
+			}
+			for _, port := range []uint16{80, 443} {
+				if err := r.CheckEgress("", netip.AddrPortFrom(a, port)); !errors.Is(err, ErrEgressDenied) {
+					t.Errorf("CheckEgress(%s port %d) = %v, want a denial", a, port, err)
+				}
+			}
+		})
 	}
 }

@@ -51,12 +51,12 @@ func ExampleNewEgressRules() {
 	}
 	for _, a := range []string{"127.0.0.1:8080", "127.0.0.1:7070", "[::ffff:a9fe:a9fe]:80", "10.99.1.1:443", "10.1.1.1:443"} {
 		ap := netip.MustParseAddrPort(a)
-		fmt.Printf("%-22s %-11s %v\n", a, dialer.Classify(ap.Addr()), rules.CheckEgress("", ap))
+		fmt.Printf("%-22s %-14s %v\n", a, dialer.Classify(ap.Addr()), rules.CheckEgress("", ap))
 	}
 	// Output:
-	// 127.0.0.1:8080         loopback    <nil>
-	// 127.0.0.1:7070         loopback    dialer: egress denied: 127.0.0.1:7070 is poold's own listening address [::]:7070
-	// [::ffff:a9fe:a9fe]:80  link-local  dialer: egress denied: 169.254.169.254 matches built-in deny link-local 169.254.0.0/16
-	// 10.99.1.1:443          private     dialer: egress denied: 10.99.1.1 matches deny 10.99.0.0/16
-	// 10.1.1.1:443           private     <nil>
+	// 127.0.0.1:8080         loopback       <nil>
+	// 127.0.0.1:7070         loopback       dialer: egress denied: 127.0.0.1:7070 is poold's own listening address [::]:7070
+	// [::ffff:a9fe:a9fe]:80  cloud-metadata dialer: egress denied: 169.254.169.254 matches built-in deny cloud-metadata 169.254.169.254/32
+	// 10.99.1.1:443          private        dialer: egress denied: 10.99.1.1 matches deny 10.99.0.0/16
+	// 10.1.1.1:443           private        <nil>
 }
