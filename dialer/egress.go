@@ -30,6 +30,32 @@ type EgressChecker interface {
 // policy refusal from a network failure with errors.Is.
 var ErrEgressDenied = errors.New("dialer: egress denied")
 
+// The rule sets a Denial names.
+const (
+	// RuleSetBuiltIn is poold's own: the special-purpose and cloud
+	// metadata blocks, and poold's listeners.
+	RuleSetBuiltIn = "built-in"
+	// RuleSetOperator is what the operator configured.
+	RuleSetOperator = "operator"
+)
+
+// Denial is an egress refusal from EgressRules. RuleSet and Reason are
+// what a caller may be told: which rule set refused ("built-in" or
+// "operator") and why, in a word ("loopback", "cloud-metadata", "port not
+// allowed"), neither naming the resolved address nor the rule's text.
+// Detail has both, for the operator's log.
+type Denial struct {
+	RuleSet string
+	Reason  string
+	Detail  string
+}
+
+// Error reads "dialer: egress denied: <detail>".
+func (d *Denial) Error() string { return ErrEgressDenied.Error() + ": " + d.Detail }
+
+// Is makes every Denial match ErrEgressDenied.
+func (d *Denial) Is(target error) bool { return target == ErrEgressDenied }
+
 // checkEgress asks c about addr and makes sure a denial wraps
 // ErrEgressDenied even when a checker forgot to.
 func checkEgress(c EgressChecker, host string, addr netip.AddrPort) error {

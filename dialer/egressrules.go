@@ -154,23 +154,23 @@ func NewEgressRules(cfg EgressConfig) (*EgressRules, error) {
 func (r *EgressRules) CheckEgress(host string, addr netip.AddrPort) error {
 	a := normalize(addr.Addr())
 	if !a.IsValid() {
-		return denied("invalid address %v", addr)
+		return denied(RuleSetBuiltIn, "invalid address", "invalid address %v", addr)
 	}
 	port := addr.Port()
 	if r.ports != nil && !r.ports[port] {
-		return denied("%s: port %d is not an allowed port", netip.AddrPortFrom(a, port), port)
+		return denied(RuleSetOperator, "port not allowed", "%s: port %d is not an allowed port", netip.AddrPortFrom(a, port), port)
 	}
 	inner, via, embeds := embeddedIPv4(a)
 
 	for _, s := range r.self {
 		if r.isSelf(s, a, port) || embeds && r.isSelf(s, inner, port) {
-			return denied("%s is poold's own listening address %s", netip.AddrPortFrom(a, port), s)
+			return denied(RuleSetBuiltIn, "poold's own listener", "%s is poold's own listening address %s", netip.AddrPortFrom(a, port), s)
 		}
 	}
 
 	name := strings.TrimSuffix(strings.ToLower(trimBrackets(host)), ".")
 	if p, ok := matchHost(r.denyHosts, name); ok {
-		return denied("host %s matches deny %s", name, p.text)
+		return denied(RuleSetOperator, "host denied", "host %s matches deny %s", name, p.text)
 	}
 	_, hostAllowed := matchHost(r.allowHosts, name)
 
@@ -195,11 +195,11 @@ func (r *EgressRules) decide(outer, a netip.Addr, via string, hostAllowed bool) 
 	case ok && rule.kind == ruleAllow:
 		return nil
 	case ok && rule.kind == ruleBuiltin:
-		return denied("%s matches built-in deny %s %s", what, rule.text, rule.prefix)
+		return denied(RuleSetBuiltIn, rule.text, "%s matches built-in deny %s %s", what, rule.text, rule.prefix)
 	case ok:
-		return denied("%s matches deny %s", what, rule.text)
+		return denied(RuleSetOperator, "address denied", "%s matches deny %s", what, rule.text)
 	case r.defaultDeny && !hostAllowed:
-		return denied("%s matches no allow rule (default deny)", what)
+		return denied(RuleSetOperator, "not allowed", "%s matches no allow rule (default deny)", what)
 	}
 	return nil
 }
@@ -248,6 +248,6 @@ func matchHost(patterns []hostPattern, name string) (hostPattern, bool) {
 	return hostPattern{}, false
 }
 
-func denied(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrEgressDenied, fmt.Sprintf(format, args...))
+func denied(ruleSet, reason, format string, args ...any) error {
+	return &Denial{RuleSet: ruleSet, Reason: reason, Detail: fmt.Sprintf(format, args...)}
 }

@@ -268,3 +268,37 @@ func TestBuiltInDeniesCoverTheClouds(t *testing.T) {
 		})
 	}
 }
+
+// A Denial says which rule set refused and why, in words that name neither
+// the address nor the rule, so a caller can be told them.
+func TestDenialsNameTheirRuleSetAndReason(t *testing.T) {
+	for _, tc := range []struct {
+		cfg             *EgressConfig
+		host, addr      string
+		ruleSet, reason string
+	}{
+		{&cfgDefault, "", "127.0.0.1:80", RuleSetBuiltIn, "loopback"},
+		{&cfgDefault, "", "169.254.169.254:80", RuleSetBuiltIn, "cloud-metadata"},
+		{&cfgSelf, "", "127.0.0.1:7070", RuleSetBuiltIn, "poold's own listener"},
+		{&cfgPorts, "", "8.8.8.8:80", RuleSetOperator, "port not allowed"},
+		{&cfgDenyHosts, "x.evil.example", "8.8.8.8:443", RuleSetOperator, "host denied"},
+		{&cfgDenyInAllow, "", "10.1.2.3:443", RuleSetOperator, "address denied"},
+		{&cfgAllowList, "", "8.8.8.8:443", RuleSetOperator, "not allowed"},
+	} {
+		r, err := NewEgressRules(*tc.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = r.CheckEgress(tc.host, netip.MustParseAddrPort(tc.addr))
+		var d *Denial
+		if !errors.As(err, &d) || !errors.Is(err, ErrEgressDenied) {
+			t.Fatalf("CheckEgress(%q, %s) = %v, want a *Denial", tc.host, tc.addr, err)
+		}
+		if d.RuleSet != tc.ruleSet || d.Reason != tc.reason {
+			t.Errorf("CheckEgress(%q, %s): rule set %q, reason %q; want %q, %q", tc.host, tc.addr, d.RuleSet, d.Reason, tc.ruleSet, tc.reason)
+		}
+		if strings.Contains(d.RuleSet+d.Reason, strings.Split(tc.addr, ":")[0]) {
+			t.Errorf("the reason %q names the address", d.Reason)
+		}
+	}
+}

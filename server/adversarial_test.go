@@ -131,9 +131,9 @@ func TestMisbehavingUpstreamsFailWithTheirReasonAndLeaveThePoolHealthy(t *testin
 	idempotentPost := &pooldv1.DoRequest{Method: "POST", Body: []byte("pay once"), Headers: []*pooldv1.Header{hdr("Idempotency-Key", "k1")}}
 	timeout300ms := &pooldv1.DoRequest{Timeout: pdur(300 * time.Millisecond)}
 	const (
-		aborted     = codes.Aborted // each request below was sent before it failed
-		reset       = ReasonUpstreamReset
-		malformed   = ReasonUpstreamProtocolError
+		aborted   = codes.Aborted // for a request that was sent, then failed
+		reset     = ReasonUpstreamReset
+		malformed = ReasonUpstreamProtocolError
 	)
 	tests := []upstreamCase{
 		// The upstream closes.

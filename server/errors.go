@@ -72,14 +72,22 @@ func (e *errBodyTooLarge) Error() string {
 }
 
 // statusFromError maps an engine, dialer or context error to a gRPC status
+// as mapError does, telling the caller nothing it may not know.
+func statusFromError(err error) error { return mapError(err, false) }
+
+// mapError maps an engine, dialer or context error to a gRPC status
 // carrying an ErrorInfo. It is the one place where poold decides which code
 // a caller sees: UNAVAILABLE when the call can be retried as it is, since
 // nothing of it reached the upstream, ABORTED when it failed the same way
-// after it may have,
-// DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for full queues and
-// limits. The message names the phase and host but never the URL, whose
-// query may hold secrets.
-func statusFromError(err error) error {
+// after it may have, DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for
+// full queues and limits.
+//
+// The message names the phase and the host as the caller named it, never
+// the URL, whose query may hold secrets. Unless reveal is set (every
+// caller is trusted), it names no resolved address, resolver or egress
+// rule either: those would let any caller map internal names to addresses.
+// The returned error keeps the whole cause for the log (errorDetail).
+func mapError(err error, reveal bool) error {
 	if err == nil {
 		return nil
 	}
@@ -107,11 +115,20 @@ func statusFromError(err error) error {
 	var derr *dialer.Error
 	if errors.As(err, &derr) {
 		md["dial_step"] = string(derr.Step)
-		if derr.Addr != "" {
+		if reveal && derr.Addr != "" {
 			md["address"] = derr.Addr
 		}
 	}
-	st, detailErr := status.New(code, err.Error()).WithDetails(&errdetails.ErrorInfo{
+	var denial *dialer.Denial
+	if errors.As(err, &denial) {
+		md["rule_set"] = denial.RuleSet
+		md["denial"] = denial.Reason
+	}
+	msg := err.Error()
+	if !reveal {
+		msg = callerMessage(err, reason)
+	}
+	st, detailErr := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{
 		Reason:   reason,
 		Domain:   ErrorDomain,
 		Metadata: md,
@@ -120,9 +137,34 @@ func statusFromError(err error) error {
 		// Only a marshalling bug gets here; the code alone still tells the
 		// caller what happened.
 		slog.Error("attaching ErrorInfo", "err", detailErr)
-		return status.Error(code, err.Error())
+		st = status.New(code, msg)
 	}
-	return st.Err()
+	return &callError{st: st, cause: err}
+}
+
+// callError is a failed call's status with what caused it. gRPC sends the
+// status (status.FromError finds GRPCStatus); the cause, which may name
+// addresses and rules, is only for the log. It must be returned as it is,
+// not wrapped: gRPC would take a wrapper's Error() as the message.
+type callError struct {
+	st    *status.Status
+	cause error
+}
+
+// Error is the cause in full, for logs.
+func (e *callError) Error() string { return e.cause.Error() }
+
+// GRPCStatus is what the caller sees.
+func (e *callError) GRPCStatus() *status.Status { return e.st }
+
+// errorDetail is what the log says of a failed call: the whole cause where
+// poold has it, else the status message.
+func errorDetail(err error) string {
+	var ce *callError
+	if errors.As(err, &ce) {
+		return ce.cause.Error()
+	}
+	return status.Convert(err).Message()
 }
 
 // classify picks the code and reason for err. Order matters: the most

@@ -36,6 +36,12 @@ type HTTPOptions struct {
 	// PipelineDepth caps the requests one Pipeline call runs at once. 0
 	// means DefaultPipelineDepth.
 	PipelineDepth int
+	// RevealErrorDetail puts the whole cause of a failure in the status
+	// message and the resolved address in ErrorInfo: for deployments where
+	// every caller is trusted. By default callers learn the phase, the host
+	// as they named it and the reason, never a resolved address, a resolver
+	// or an egress rule, which the log has.
+	RevealErrorDetail bool
 
 	// failures counts failed pipelined requests by reason; nil counts
 	// nothing. Calls are counted by the server's observer.
@@ -51,6 +57,7 @@ type HTTPServer struct {
 	limit         *inFlightLimit
 	pipelineDepth int
 	failures      *reasonCounter
+	reveal        bool
 }
 
 // NewHTTPServer returns an HTTPService that sends requests through rt,
@@ -69,6 +76,7 @@ func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 		limit:         newInFlightLimit(opts.MaxInFlight),
 		pipelineDepth: opts.PipelineDepth,
 		failures:      opts.failures,
+		reveal:        opts.RevealErrorDetail,
 	}
 }
 
@@ -95,11 +103,11 @@ func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.Do
 	}
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(in.GetMaxRedirects()))
 	if err != nil {
-		return nil, requestError(ctx, req, err)
+		return nil, s.requestError(ctx, req, err)
 	}
 	body, err := s.readBody(resp)
 	if err != nil {
-		return nil, requestError(ctx, resp.Request, err)
+		return nil, s.requestError(ctx, resp.Request, err)
 	}
 	// One allocation for the response, its timing and every duration in
 	// it: the response is built for every request, and each message on
@@ -196,7 +204,7 @@ func requestContext(ctx context.Context, timeout *durationpb.Duration) (context.
 // own timeout (requestContext) ended it, the error is reported as that
 // timeout, whatever phase noticed it: the engine may only see a context
 // that ended mid-phase.
-func requestError(ctx context.Context, req *http.Request, err error) error {
+func (s *HTTPServer) requestError(ctx context.Context, req *http.Request, err error) error {
 	if context.Cause(ctx) == pool.ErrRequestTimeout && !errors.Is(err, pool.ErrRequestTimeout) {
 		var perr *pool.Error
 		if !errors.As(err, &perr) || perr.Phase != pool.PhaseRequest {
@@ -207,7 +215,7 @@ func requestError(ctx context.Context, req *http.Request, err error) error {
 			err = &pool.Error{Phase: pool.PhaseRequest, Host: host, Err: pool.ErrRequestTimeout}
 		}
 	}
-	return statusFromError(err)
+	return mapError(err, s.reveal)
 }
 
 // hostPort is the URL's host with the scheme's default port filled in, as

@@ -78,6 +78,6 @@ func (o *callObserver) failed(ctx context.Context, method string, code codes.Cod
 	o.logger.Log(ctx, level, "call failed",
 		"grpc.method", method,
 		"grpc.code", code.String(),
-		"grpc.error", status.Convert(err).Message(),
+		"grpc.error", errorDetail(err),
 		"grpc.time_ms", float64(time.Since(start).Microseconds())/1000)
 }

@@ -56,7 +56,15 @@ func (b *syncBuffer) lines(t *testing.T) []map[string]any {
 // logging JSON at level to the returned buffer.
 func newObservedServer(t *testing.T, level slog.Level, accessLog bool) (pooldv1.HTTPServiceClient, *syncBuffer, *prometheus.Registry) {
 	t.Helper()
-	engine, err := pool.New(pool.Options{Proxy: func(*url.URL) (*url.URL, error) { return nil, nil }})
+	return newObservedServerWith(t, level, accessLog, pool.Options{}, false)
+}
+
+// newObservedServerWith is newObservedServer with an engine of opts (no
+// proxy from the environment, whatever opts say) and RevealErrorDetail.
+func newObservedServerWith(t *testing.T, level slog.Level, accessLog bool, opts pool.Options, reveal bool) (pooldv1.HTTPServiceClient, *syncBuffer, *prometheus.Registry) {
+	t.Helper()
+	opts.Proxy = func(*url.URL) (*url.URL, error) { return nil, nil }
+	engine, err := pool.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +80,9 @@ func newObservedServer(t *testing.T, level slog.Level, accessLog bool) (pooldv1.
 		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level})),
 		AccessLog:  accessLog,
 		Registerer: reg,
-		Transport:  Transport{StreamWorkers: 4, SharedWriteBuffer: true},
+
+		RevealErrorDetail: reveal,
+		Transport:         Transport{StreamWorkers: 4, SharedWriteBuffer: true},
 	})
 	if err != nil {
 		t.Fatal(err)

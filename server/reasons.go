@@ -50,8 +50,9 @@ func (c *reasonCounter) observe(ctx context.Context, method string, err error) s
 	c.failures.WithLabelValues(reason).Inc()
 	if reason == ReasonEgressDenied {
 		// A denial is a security event: someone asked poold for an address
-		// it must not reach. The message names the IP and the rule.
-		c.logger.WarnContext(ctx, "egress denied", "method", method, "err", status.Convert(err).Message())
+		// it must not reach. The detail names the IP and the rule, which
+		// the caller was not told.
+		c.logger.WarnContext(ctx, "egress denied", "method", method, "err", errorDetail(err))
 	}
 	return reason
 }

@@ -57,6 +57,9 @@ type Config struct {
 	// PipelineDepth caps the requests one Pipeline call runs at once. 0
 	// means DefaultPipelineDepth.
 	PipelineDepth int
+	// RevealErrorDetail tells callers the whole cause of a failure, resolved
+	// addresses and egress rules included; see HTTPOptions.
+	RevealErrorDetail bool
 	// Transport tunes the HTTP/2 server under the gRPC services.
 	Transport Transport
 	// AdminTokens, when set, guard PoolService and PolicyService.
@@ -183,10 +186,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: Config.Engine and Config.Policies are required")
 	}
 	pooldv1.RegisterHTTPServiceServer(s, NewHTTPServer(cfg.Engine, HTTPOptions{
-		MaxBodySize:   cfg.MaxBodySize,
-		MaxInFlight:   cfg.MaxInFlight,
-		PipelineDepth: cfg.PipelineDepth,
-		failures:      reasons,
+		MaxBodySize:       cfg.MaxBodySize,
+		MaxInFlight:       cfg.MaxInFlight,
+		PipelineDepth:     cfg.PipelineDepth,
+		RevealErrorDetail: cfg.RevealErrorDetail,
+		failures:          reasons,
 	}))
 	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))
 	pooldv1.RegisterPolicyServiceServer(s, NewPolicyServer(cfg.Policies))

@@ -76,7 +76,7 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(head.GetMaxRedirects()))
 	if err != nil {
-		return body.failureOr(requestError(ctx, req, err))
+		return body.failureOr(s.requestError(ctx, req, err))
 	}
 	bodyClosed := false
 	defer func() {
@@ -107,12 +107,12 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 			break
 		}
 		if rerr != nil {
-			return body.failureOr(requestError(ctx, resp.Request, rerr))
+			return body.failureOr(s.requestError(ctx, resp.Request, rerr))
 		}
 	}
 	bodyClosed = true
 	if err := resp.Body.Close(); err != nil {
-		return body.failureOr(requestError(ctx, resp.Request, err))
+		return body.failureOr(s.requestError(ctx, resp.Request, err))
 	}
 	if err := body.failure(); err != nil {
 		return err

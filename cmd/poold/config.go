@@ -39,6 +39,7 @@ type config struct {
 	maxStreamsPerConn uint
 	maxPipelineDepth  int
 	accessLog         bool
+	trustedCallers    bool
 
 	gcPercent         int
 	streamWorkers     uint
@@ -122,6 +123,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&cfg.maxDialsPerHost, "max-dials-per-host", cfg.maxDialsPerHost, "dials in flight per upstream host; requests over it wait for a dial or a connection")
 	fs.UintVar(&cfg.maxStreamsPerConn, "grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "RPCs in flight on one caller connection")
 	fs.IntVar(&cfg.maxPipelineDepth, "max-pipeline-depth", cfg.maxPipelineDepth, "requests one Pipeline call may have outstanding; the caller waits (gRPC flow control) for more")
+	fs.BoolVar(&cfg.trustedCallers, "trusted-callers", false, "every caller is trusted: error messages name resolved addresses and egress rules, which by default only the log has")
 	fs.BoolVar(&cfg.accessLog, "access-log", false, "log a line for every call when it ends (failed calls and egress denials are logged without it)")
 	fs.IntVar(&cfg.gcPercent, "gc-percent", cfg.gcPercent, "heap growth that triggers a garbage collection, as GOGC sets it, -1 = off (default 400, or GOGC when set)")
 	fs.UintVar(&cfg.streamWorkers, "grpc-stream-workers", cfg.streamWorkers, "goroutines kept to run RPCs, saving a new one per call; calls beyond them still run (0 = a goroutine per call)")

@@ -181,6 +181,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		MaxConcurrentStreams: uint32(cfg.maxStreamsPerConn),
 		PipelineDepth:        cfg.maxPipelineDepth,
 		AccessLog:            cfg.accessLog,
+		RevealErrorDetail:    cfg.trustedCallers,
 		Transport: server.Transport{
 			StreamWorkers:     uint32(cfg.streamWorkers),
 			SharedWriteBuffer: cfg.sharedWriteBuffer,
