@@ -2,10 +2,10 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,11 +49,12 @@ func TestRequestsThatGiveUpLeaveNoMoreDialsThanTheCap(t *testing.T) {
 	}
 }
 
-func TestABurstBeyondTheDialCapWaitsForSlotsInsteadOfOverflowing(t *testing.T) {
+// A burst to a cold host waits for dial slots, within max_pending_requests.
+func TestABurstBeyondTheDialCapWaitsForSlots(t *testing.T) {
 	release := make(chan struct{})
 	srv := newHoldingServer(t, release)
-	zero := uint32(0)
-	e, err := New(Options{MaxDialsPerHost: 2, Policies: PolicySet{Default: Policy{MaxPendingRequests: &zero}}})
+	pending := uint32(64)
+	e, err := New(Options{MaxDialsPerHost: 2, Policies: PolicySet{Default: Policy{MaxPendingRequests: &pending}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,9 +83,59 @@ func TestABurstBeyondTheDialCapWaitsForSlotsInsteadOfOverflowing(t *testing.T) {
 			t.Errorf("request in a burst to a cold host: %v; want it to wait for a dial slot", err)
 		}
 	}
-	h, _ := e.Host(strings.TrimPrefix(srv, "http://"))
-	if h.Counters.QueueOverflows != 0 {
-		t.Errorf("queue overflows = %d, want 0: max_pending_requests bounds waiting for a full host, not for a dial slot", h.Counters.QueueOverflows)
+}
+
+// Against an upstream that never accepts, the dial cap stays full for a
+// whole dial timeout; max_pending_requests still bounds what waits behind
+// it, and the excess fails at once.
+func TestThePendingBoundHoldsWhileTheDialCapIsFull(t *testing.T) {
+	addr := dialertest.Blackhole(t, "tcp4", "127.0.0.1:0").Addr().String()
+	const dials, pending, callers = 2, 4, 40 // 10× max_pending_requests
+	maxPending := uint32(pending)
+	dialTimeout := time.Minute // no dial ends while the test runs
+	e, err := New(Options{MaxDialsPerHost: dials, Policies: PolicySet{Default: Policy{
+		DialTimeout:        &dialTimeout,
+		MaxPendingRequests: &maxPending,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+			resp, err := e.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	// Those over the bound fail without waiting for anything; those within
+	// it are still waiting, each with its dial or for a slot.
+	const excess = callers - dials - pending
+	for i := range excess {
+		if err := <-errs; !errors.Is(err, ErrQueueFull) {
+			t.Fatalf("failure %d of the %d over the bound: %v, want ErrQueueFull", i+1, excess, err)
+		}
+	}
+	h, _ := e.Host(addr)
+	if h.Dialing != dials || h.Pending != dials+pending || h.Counters.QueueOverflows != excess {
+		t.Errorf("dialing %d, pending %d, overflows %d; want %d, %d, %d", h.Dialing, h.Pending, h.Counters.QueueOverflows, dials, dials+pending, excess)
+	}
+	cancel()
+	for range dials + pending {
+		if err := <-errs; errors.Is(err, ErrQueueFull) || !errors.Is(err, context.Canceled) {
+			t.Errorf("a request within the bound ended with %v, want its cancellation", err)
+		}
 	}
 }
 

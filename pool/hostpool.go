@@ -112,23 +112,23 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 		// the same lock as the idle search means no conn can go idle
 		// unseen in between.
 		w := newWantConn(ctx)
+		// Whatever holds the request back, a full host or the dial cap, it
+		// counts against MaxPendingRequests while it waits, so the bound is
+		// checked before it joins: against a black-holed upstream the
+		// dial cap stays full for a whole dial timeout.
 		switch {
 		case hp.canDialLocked():
 			hp.startDialLocked(w)
 			hp.enqueueLocked(w)
-		case !hp.closed && !hp.atConnLimitLocked():
-			// Only the dial cap holds this request back: a dial slot frees
-			// within the dial timeout, and MaxPendingRequests bounds waiting
-			// for a full host, not for a slot. The caller's deadline and the
-			// daemon's in-flight cap still bound it.
-			hp.enqueueLocked(w)
-			hp.e.emit(hp, EventQueued, 0, "", "waiting for a dial slot")
 		case hp.waitingNoDial >= int(hp.eff.MaxPendingRequests):
 			hp.mu.Unlock()
 			closeConns(victims)
 			hp.stats.queueOverflows.Add(1)
 			hp.e.emit(hp, EventQueueOverflow, 0, "", "")
 			return nil, &Error{Phase: PhaseQueue, Host: hp.key, Err: ErrQueueFull}
+		case !hp.closed && !hp.atConnLimitLocked():
+			hp.enqueueLocked(w)
+			hp.e.emit(hp, EventQueued, 0, "", "waiting for a dial slot")
 		default:
 			hp.enqueueLocked(w)
 			hp.e.emit(hp, EventQueued, 0, "", "")

@@ -50,9 +50,11 @@ type Policy struct {
 	// MaxConnsPerHost caps a host pool's connections, counting active, idle
 	// and dialing ones. 0 means no limit.
 	MaxConnsPerHost *uint32
-	// MaxPendingRequests is how many requests may wait per host when
-	// MaxConnsPerHost is reached. 0 means none may wait: one more fails at
-	// once with ErrQueueFull.
+	// MaxPendingRequests is how many requests may wait per host for a
+	// connection, whether MaxConnsPerHost is reached or the engine's
+	// MaxDialsPerHost holds back new dials. A request with a dial of its
+	// own does not count. 0 means none may wait: one more fails at once
+	// with ErrQueueFull.
 	MaxPendingRequests *uint32
 	// MaxRetries is how many times an idempotent request is retried after a
 	// reused connection fails before any response byte. 0 never retries.

@@ -73,9 +73,11 @@ type Policy struct {
 	// Connections per host, counting active, idle and dialing ones. 0 means no
 	// limit. Built-in default 0.
 	MaxConnsPerHost *uint32 `protobuf:"varint,12,opt,name=max_conns_per_host,json=maxConnsPerHost,proto3,oneof" json:"max_conns_per_host,omitempty"`
-	// Requests allowed to wait per host when max_conns_per_host is reached;
-	// one more fails at once with RESOURCE_EXHAUSTED, reason QUEUE_FULL. 0
-	// means none may wait. Built-in default 1024.
+	// Requests allowed to wait per host for a connection, whether
+	// max_conns_per_host is reached or the daemon's --max-dials-per-host holds
+	// back new dials (a request with a dial of its own does not count); one
+	// more fails at once with RESOURCE_EXHAUSTED, reason QUEUE_FULL. 0 means
+	// none may wait. Built-in default 1024.
 	MaxPendingRequests *uint32 `protobuf:"varint,13,opt,name=max_pending_requests,json=maxPendingRequests,proto3,oneof" json:"max_pending_requests,omitempty"`
 	// Times an idempotent request (GET, HEAD, OPTIONS, TRACE, or one with an
 	// Idempotency-Key header) is retried when a reused connection fails before
