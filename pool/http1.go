@@ -61,7 +61,7 @@ type exchange struct {
 	wire    wireOpts
 
 	reused     bool
-	sentBase   uint64 // the conn's bytesWritten when the exchange began
+	sentBase   uint64      // the conn's bytesWritten when the exchange began
 	stopCancel func() bool // disarms the context watcher; nil if the context cannot end
 	writeStart time.Time
 

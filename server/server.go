@@ -105,6 +105,8 @@ type Server struct {
 	// Health reports SERVING once the daemon is up and NOT_SERVING while it
 	// shuts down.
 	Health *health.Server
+
+	watches *watchEnder
 }
 
 // New builds the gRPC server. Health starts NOT_SERVING: the caller flips it
@@ -151,6 +153,8 @@ func New(cfg Config) (*Server, error) {
 	unary, stream = append(unary, authUnary...), append(stream, authStream...)
 	unary = append(unary, recovery.UnaryServerInterceptor(recoverOpts...))
 	stream = append(stream, recovery.StreamServerInterceptor(recoverOpts...))
+	watches := newWatchEnder()
+	stream = append(stream, watches.intercept)
 
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
@@ -202,34 +206,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	metrics.init(s)
-	return &Server{GRPC: s, Health: hs}, nil
+	return &Server{GRPC: s, Health: hs, watches: watches}, nil
 }
 
 // SetServing marks every service SERVING.
 func (s *Server) SetServing() {
 	s.Health.Resume()
 	s.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-}
-
-// Stop shuts down gracefully: health goes NOT_SERVING at once so load
-// balancers stop sending, then in-flight RPCs get until grace to finish
-// before every connection is cut. Open streams such as WatchEvents must not
-// hold shutdown hostage, hence the hard stop.
-func (s *Server) Stop(grace time.Duration) {
-	s.Health.Shutdown()
-	done := make(chan struct{})
-	go func() {
-		s.GRPC.GracefulStop()
-		close(done)
-	}()
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		s.GRPC.Stop()
-		<-done
-	}
 }
 
 // slogAdapter lets go-grpc-middleware's logging interceptor write to slog.

@@ -21,6 +21,7 @@ type config struct {
 	logLevel       slog.Level
 	logFormat      string
 	shutdownGrace  time.Duration
+	shutdownDelay  time.Duration
 	maxRecvMsgSize byteSize
 	maxSendMsgSize byteSize
 	maxBodySize    byteSize
@@ -82,6 +83,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		httpListen:      ":9090",
 		logFormat:       "text",
 		shutdownGrace:   15 * time.Second,
+		shutdownDelay:   5 * time.Second,
 		maxRecvMsgSize:  32 << 20,
 		maxSendMsgSize:  32 << 20,
 		maxBodySize:     16 << 20,
@@ -106,6 +108,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.TextVar(&cfg.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.Func("log-format", "log format: text or json (default \"text\")", oneOf(&cfg.logFormat, "text", "json"))
 	fs.DurationVar(&cfg.shutdownGrace, "shutdown-grace", cfg.shutdownGrace, "time in-flight RPCs get to finish on SIGTERM before connections are cut")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", cfg.shutdownDelay, "on SIGTERM, time between reporting NOT_SERVING and refusing calls, for load balancers to notice")
 	fs.Var(&cfg.maxRecvMsgSize, "max-recv-msg-size", "largest gRPC message accepted, e.g. 32MiB; bounds a Do request body (default 32MiB)")
 	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
 	fs.Var(&cfg.maxBodySize, "max-body-size", "largest upstream response body Do returns; larger ones fail with BODY_TOO_LARGE (use Stream) (default 16MiB)")
@@ -183,6 +186,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		why  string
 	}{
 		{cfg.shutdownGrace < 0, "--shutdown-grace", cfg.shutdownGrace, "must not be negative"},
+		{cfg.shutdownDelay < 0, "--shutdown-delay", cfg.shutdownDelay, "must not be negative"},
 		{cfg.metricsHosts < 1, "--metrics-max-hosts", cfg.metricsHosts, "must be at least 1"},
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
 		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},

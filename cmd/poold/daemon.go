@@ -245,8 +245,9 @@ func (d *daemon) httpHandler(registry *prometheus.Registry) http.Handler {
 }
 
 // serve runs until ctx ends or a server fails, then shuts down: health goes
-// NOT_SERVING, gRPC drains under the grace period, and the HTTP endpoint
-// closes last so that scrapes see the drain.
+// NOT_SERVING, calls are still served for the delay, watch streams end,
+// gRPC drains under the grace period, and the HTTP endpoint closes last so
+// that scrapes see the drain.
 func (d *daemon) serve(ctx context.Context) error {
 	errc := make(chan error, 3)
 	go func() { errc <- d.grpc.GRPC.Serve(d.grpcLis) }()
@@ -284,13 +285,13 @@ func (d *daemon) serve(ctx context.Context) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		d.logger.Info("shutting down", "grace", d.cfg.shutdownGrace)
+		d.logger.Info("shutting down", "delay", d.cfg.shutdownDelay, "grace", d.cfg.shutdownGrace)
 	case serveErr = <-errc:
 		d.logger.Error("server failed", "err", serveErr)
 	}
 
 	start := time.Now()
-	d.grpc.Stop(d.cfg.shutdownGrace)
+	d.grpc.Shutdown(d.cfg.shutdownDelay, d.cfg.shutdownGrace)
 	// Only now that no RPC can use it does the engine close its conns.
 	if err := d.engine.Close(); err != nil {
 		d.logger.Warn("closing upstream connections", "err", err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -41,7 +41,7 @@ func startDaemon(t *testing.T, args ...string) *testDaemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s", "--egress-allow=127.0.0.1/32"}, args...)
+	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s", "--shutdown-delay=0s", "--egress-allow=127.0.0.1/32"}, args...)
 	d := &testDaemon{done: make(chan error, 1), cancel: cancel}
 	go func() {
 		err := run(ctx, args, func(string) string { return "" }, io.Discard, pw)
@@ -105,6 +105,7 @@ func TestBadConfigurationExitsTwoNamingTheFlag(t *testing.T) {
 		{"unknown log format", []string{"--log-format=xml"}, nil, `--log-format`},
 		{"unknown log level", []string{"--log-level=loud"}, nil, `--log-level`},
 		{"negative grace", []string{"--shutdown-grace=-1s"}, nil, `--shutdown-grace`},
+		{"negative delay", []string{"--shutdown-delay=-1s"}, nil, `--shutdown-delay`},
 		{"zero message size", []string{"--max-recv-msg-size=0"}, nil, `--max-recv-msg-size`},
 		{"unknown flag", []string{"--no-such-flag"}, nil, `--no-such-flag`},
 		{"stray argument", []string{"serve"}, nil, `"serve"`},
@@ -350,10 +351,15 @@ func TestDebugListenerServesProfilesOnlyWhenAsked(t *testing.T) {
 	}
 }
 
-func TestSIGTERMWithAnOpenStreamExitsZeroWithinTheGracePeriod(t *testing.T) {
+// With idle watchers and nothing in flight, shutdown costs the delay, not
+// the grace: health says NOT_SERVING at once, calls are still served for
+// the delay (a new connection included), then the watch streams end with
+// UNAVAILABLE and poold exits 0.
+func TestSIGTERMWithIdleWatchersTakesTheDelayNotTheGrace(t *testing.T) {
 	bin := buildPoold(t)
-	const grace = 2 * time.Second
-	cmd := exec.Command(bin, "--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace="+grace.String())
+	const delay, grace = 3 * time.Second, 60 * time.Second
+	cmd := exec.Command(bin, "--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json",
+		"--shutdown-delay="+delay.String(), "--shutdown-grace="+grace.String())
 	cmd.Env = []string{}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -381,12 +387,19 @@ func TestSIGTERMWithAnOpenStreamExitsZeroWithinTheGracePeriod(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-
-	// Open streams never end by themselves: GracefulStop alone would wait
-	// for them forever.
-	streams := openLongLivedStreams(ctx, t, conn)
+	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health Watch = %v, %v; want SERVING", r, err)
+	}
+	events, err := pooldv1.NewPoolServiceClient(conn).WatchEvents(ctx, &pooldv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -394,49 +407,46 @@ func TestSIGTERMWithAnOpenStreamExitsZeroWithinTheGracePeriod(t *testing.T) {
 	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
+
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health Watch after SIGTERM = %v, %v; want NOT_SERVING", r, err)
+	}
+	// Within the delay a caller that has not noticed yet is still served,
+	// on a new connection too.
+	late, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	checkCtx, checkCancel := context.WithTimeout(ctx, delay)
+	r, err := healthpb.NewHealthClient(late).Check(checkCtx, &healthpb.HealthCheckRequest{})
+	checkCancel()
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("a call on a new connection during the delay = %v, %v; want it served, NOT_SERVING", r, err)
+	}
+
+	for name, recv := range map[string]func() error{
+		"health Watch": func() error { _, err := watch.Recv(); return err },
+		"WatchEvents":  func() error { _, err := events.Recv(); return err },
+	} {
+		var err error
+		for err == nil {
+			err = recv()
+		}
+		if code, reason := errorInfoReason(err); code != codes.Unavailable || reason != "SHUTTING_DOWN" {
+			t.Errorf("%s ended with %v, want UNAVAILABLE SHUTTING_DOWN", name, err)
+		}
+	}
 	select {
 	case err := <-waitErr:
 		if err != nil {
 			t.Fatalf("poold exited with %v, want 0", err)
 		}
-	case <-time.After(grace + 5*time.Second):
-		t.Fatalf("poold still running %v after SIGTERM (grace %v)", time.Since(start), grace)
+	case <-time.After(delay + 10*time.Second):
+		t.Fatalf("poold still running %v after SIGTERM (delay %v, grace %v)", time.Since(start), delay, grace)
 	}
-	if took := time.Since(start); took > grace+2*time.Second {
-		t.Errorf("shutdown took %v, want within the %v grace period", took, grace)
+	took := time.Since(start)
+	if took < delay || took > delay+2*time.Second {
+		t.Errorf("shutdown took %v, want the %v delay (and at most 2s more), not the %v grace", took, delay, grace)
 	}
-	for _, s := range streams {
-		var err error
-		for err == nil {
-			_, err = s.RecvMsgEvent()
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("stream %s was still open after shutdown", s.name)
-		}
-	}
-}
-
-// streamUnderTest is a long-lived server stream kept open across shutdown.
-type streamUnderTest struct {
-	name         string
-	RecvMsgEvent func() (any, error)
-}
-
-func openLongLivedStreams(ctx context.Context, t *testing.T, conn *grpc.ClientConn) []streamUnderTest {
-	t.Helper()
-	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := watch.Recv(); err != nil {
-		t.Fatalf("health watch: %v", err)
-	}
-	streams := []streamUnderTest{{"health Watch", func() (any, error) { return watch.Recv() }}}
-
-	events, err := pooldv1.NewPoolServiceClient(conn).WatchEvents(ctx, &pooldv1.WatchEventsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	streams = append(streams, streamUnderTest{"WatchEvents", func() (any, error) { return events.Recv() }})
-	return streams
 }

@@ -81,7 +81,8 @@ func TestSIGTERMLetsEveryInFlightRequestFinishAndRefusesNewOnes(t *testing.T) {
 	defer upstream.Close()
 
 	bin := buildPoold(t)
-	cmd, addr := startPooldBinary(t, bin, "--egress-allow=127.0.0.1/32", "--shutdown-grace="+grace.String())
+	// No delay: this test is about what happens once calls are refused.
+	cmd, addr := startPooldBinary(t, bin, "--egress-allow=127.0.0.1/32", "--shutdown-grace="+grace.String(), "--shutdown-delay=0s")
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
