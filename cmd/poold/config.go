@@ -95,7 +95,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		maxPipelineDepth:  server.DefaultPipelineDepth,
 		gcPercent:         gcPercentUnset,
 		streamWorkers:     64,
-		sharedWriteBuffer: true,
+		sharedWriteBuffer: false,
 
 		keepaliveMinTime: 10 * time.Second,
 		keepaliveTime:    2 * time.Hour,
