@@ -157,6 +157,7 @@ func Abort(resp *http.Response) {
 }
 
 func (b *body) drain() bool {
+	b.x.c.rd.gap = 0 // the drain has one deadline for all it reads
 	if !b.x.setBodyDeadline(time.Now().Add(drainTimeout)) {
 		return false
 	}
@@ -172,6 +173,9 @@ func (x *exchange) bodyError(err error) error {
 		return &Error{Phase: phase, Host: x.hp.key, Err: cause, Sent: true}
 	case x.hp.e.isClosed.Load():
 		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: joinClosed(err), Sent: true}
+	case x.c.rd.gap > 0 && isTimeout(err):
+		// No other deadline is set on a body read: only the gap fires.
+		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: ErrBodyReadTimeout, Sent: true}
 	}
 	// A response head came back: the upstream had the request.
 	return &Error{Phase: PhaseBody, Host: x.hp.key, Err: protocolError(err), Sent: true}

@@ -181,9 +181,19 @@ type connReader struct {
 	c       *conn
 	limit   int64 // bytes the head may still take; < 0 = no bound
 	tripped bool  // the head bound was hit
+
+	// While a body is read, gap is its BodyReadTimeout and x its exchange:
+	// each socket read gets that long, so the bound is on the upstream's
+	// silence, not on how long the caller takes between reads.
+	gap time.Duration
+	x   *exchange
 }
 
 func (r *connReader) Read(p []byte) (int, error) {
+	if r.gap > 0 {
+		// An interrupted exchange keeps its deadline in the past.
+		r.x.setBodyDeadline(time.Now().Add(r.gap))
+	}
 	if r.limit == 0 {
 		r.tripped = true
 		return 0, errHeaderTooLarge
@@ -225,7 +235,7 @@ func (c *conn) takeBuffers() {
 	if c.br != nil || c.bw != nil {
 		panic(fmt.Sprintf("pool: internal error: conn %d checked out with buffers", c.id))
 	}
-	c.rd.limit, c.rd.tripped = -1, false
+	c.rd.limit, c.rd.tripped, c.rd.gap, c.rd.x = -1, false, 0, nil
 	c.wr.err = nil
 	c.br = readerPool.Get().(*bufio.Reader)
 	c.br.Reset(&c.rd)

@@ -84,6 +84,12 @@ var ErrClosed = errors.New("pool: engine closed")
 // that only ask "was it a timeout" need not know about it.
 var ErrRequestTimeout error = &deadlineError{msg: "pool: request timeout"}
 
+// ErrBodyReadTimeout is the cause of a response body whose upstream sent
+// nothing for the policy's BodyReadTimeout. It comes inside an *Error with
+// PhaseBody and, like ErrRequestTimeout, matches os.ErrDeadlineExceeded and
+// context.DeadlineExceeded.
+var ErrBodyReadTimeout error = &deadlineError{msg: "pool: body read timeout"}
+
 // ErrInvalidRequest is returned, wrapped, for a request that cannot be sent
 // as given (no URL, unsupported scheme, a header that would break framing).
 var ErrInvalidRequest = errors.New("pool: invalid request")

@@ -158,6 +158,9 @@ func (h *http1) roundTrip(x *exchange) (*http.Response, bool, error) {
 	// (reuseBlocker sees the writer's errSkipBody).
 	x.resolveContinue(false)
 	x.collectWrite(writeWait)
+	if d := x.eff.BodyReadTimeout; d > 0 && resp.Body != http.NoBody {
+		c.rd.gap, c.rd.x = d, x
+	}
 	reason := x.reuseBlocker(resp)
 	x.tm.attach(resp, x.req, &x.tctx)
 	if resp.Body == http.NoBody {

@@ -36,6 +36,12 @@ type Policy struct {
 	// 100-continue" waits for the 100 Continue before sending its body
 	// anyway. 0 sends the body at once.
 	ExpectContinueTimeout *time.Duration
+	// BodyReadTimeout bounds the wait for the next bytes of a response body:
+	// an upstream that sends nothing for this long fails the request, so
+	// one that drips a byte now and then cannot pin a conn for as long as
+	// the caller waits. Time the caller takes between reads does not count.
+	// 0 means no bound.
+	BodyReadTimeout *time.Duration
 	// IdleConnTimeout closes a connection left idle this long. 0 means never.
 	IdleConnTimeout *time.Duration
 	// MaxConnLifetime retires a connection once it is this old, after its
@@ -101,7 +107,9 @@ type TCPKeepAlive struct {
 //   - TCPKeepAlive enabled, Idle 30s, Interval 10s, Count 3, so a dead peer
 //     behind a silent NAT is noticed in about a minute;
 //   - ResponseHeaderTimeout 30s, RequestTimeout 0 (none: the caller's
-//     deadline rules), ExpectContinueTimeout 1s;
+//     deadline rules), ExpectContinueTimeout 1s, BodyReadTimeout 5m (as
+//     Envoy's stream idle timeout: long enough for a slow stream with
+//     keep-alive comments, short enough to free a conn a dead one holds);
 //   - IdleConnTimeout 90s, MaxConnLifetime 0 (unlimited),
 //     MaxRequestsPerConn 0 (unlimited);
 //   - MaxIdleConnsPerHost 64, MaxConnsPerHost 0 (unlimited),
@@ -125,6 +133,7 @@ func DefaultPolicy() Policy {
 		ResponseHeaderTimeout:  policyPtr(30 * time.Second),
 		RequestTimeout:         policyPtr(time.Duration(0)),
 		ExpectContinueTimeout:  policyPtr(time.Second),
+		BodyReadTimeout:        policyPtr(5 * time.Minute),
 		IdleConnTimeout:        policyPtr(90 * time.Second),
 		MaxConnLifetime:        policyPtr(time.Duration(0)),
 		MaxRequestsPerConn:     policyPtr(uint32(0)),
@@ -161,6 +170,7 @@ func policyMerge(p, over Policy) Policy {
 		ResponseHeaderTimeout:  policyOver(p.ResponseHeaderTimeout, over.ResponseHeaderTimeout),
 		RequestTimeout:         policyOver(p.RequestTimeout, over.RequestTimeout),
 		ExpectContinueTimeout:  policyOver(p.ExpectContinueTimeout, over.ExpectContinueTimeout),
+		BodyReadTimeout:        policyOver(p.BodyReadTimeout, over.BodyReadTimeout),
 		IdleConnTimeout:        policyOver(p.IdleConnTimeout, over.IdleConnTimeout),
 		MaxConnLifetime:        policyOver(p.MaxConnLifetime, over.MaxConnLifetime),
 		MaxRequestsPerConn:     policyOver(p.MaxRequestsPerConn, over.MaxRequestsPerConn),
@@ -189,6 +199,7 @@ func (p Policy) clone() Policy {
 		ResponseHeaderTimeout:  policyCopy(p.ResponseHeaderTimeout),
 		RequestTimeout:         policyCopy(p.RequestTimeout),
 		ExpectContinueTimeout:  policyCopy(p.ExpectContinueTimeout),
+		BodyReadTimeout:        policyCopy(p.BodyReadTimeout),
 		IdleConnTimeout:        policyCopy(p.IdleConnTimeout),
 		MaxConnLifetime:        policyCopy(p.MaxConnLifetime),
 		MaxRequestsPerConn:     policyCopy(p.MaxRequestsPerConn),
@@ -317,6 +328,7 @@ func (p Policy) validate(host string, isDefault bool) []error {
 	v.duration("response_header_timeout", p.ResponseHeaderTimeout, false, policyMaxDuration, "24h")
 	v.duration("request_timeout", p.RequestTimeout, false, policyMaxDuration, "24h")
 	v.duration("expect_continue_timeout", p.ExpectContinueTimeout, false, policyMaxDuration, "24h")
+	v.duration("body_read_timeout", p.BodyReadTimeout, false, policyMaxDuration, "24h")
 	v.duration("idle_conn_timeout", p.IdleConnTimeout, false, policyMaxDuration, "24h")
 	v.duration("max_conn_lifetime", p.MaxConnLifetime, false, policyMaxDuration, "24h")
 	if n := p.MaxRetries; n != nil && *n > policyMaxRetries {

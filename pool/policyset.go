@@ -74,6 +74,7 @@ type Effective struct {
 	ResponseHeaderTimeout time.Duration // 0 = none
 	RequestTimeout        time.Duration // 0 = none
 	ExpectContinueTimeout time.Duration // 0 = send the body at once
+	BodyReadTimeout       time.Duration // 0 = none
 	IdleConnTimeout       time.Duration // 0 = never
 	MaxConnLifetime       time.Duration // 0 = unlimited
 
@@ -186,6 +187,7 @@ func effectiveFrom(source string, p Policy) Effective {
 		ResponseHeaderTimeout: policyValue(p.ResponseHeaderTimeout),
 		RequestTimeout:        policyValue(p.RequestTimeout),
 		ExpectContinueTimeout: policyValue(p.ExpectContinueTimeout),
+		BodyReadTimeout:       policyValue(p.BodyReadTimeout),
 		IdleConnTimeout:       policyValue(p.IdleConnTimeout),
 		MaxConnLifetime:       policyValue(p.MaxConnLifetime),
 		KeepAlive: net.KeepAliveConfig{
@@ -229,6 +231,7 @@ func (e Effective) Policy() Policy {
 		ResponseHeaderTimeout:  policyPtr(e.ResponseHeaderTimeout),
 		RequestTimeout:         policyPtr(e.RequestTimeout),
 		ExpectContinueTimeout:  policyPtr(e.ExpectContinueTimeout),
+		BodyReadTimeout:        policyPtr(e.BodyReadTimeout),
 		IdleConnTimeout:        policyPtr(e.IdleConnTimeout),
 		MaxConnLifetime:        policyPtr(e.MaxConnLifetime),
 		MaxRequestsPerConn:     policyPtr(e.MaxRequestsPerConn),

@@ -185,6 +185,7 @@ func TestResolveInheritsUnsetFieldsFromDefaultThenBuiltIn(t *testing.T) {
 		ResponseHeaderTimeout: 7 * time.Second,  // host
 		RequestTimeout:        0,
 		ExpectContinueTimeout: time.Second,
+		BodyReadTimeout:       5 * time.Minute,
 		IdleConnTimeout:       90 * time.Second,
 		MaxConnLifetime:       0,
 		KeepAlive: net.KeepAliveConfig{
@@ -215,6 +216,7 @@ func TestResolveOfAnEmptySetIsTheBuiltInPolicy(t *testing.T) {
 		TLSHandshakeTimeout:    10 * time.Second,
 		ResponseHeaderTimeout:  30 * time.Second,
 		ExpectContinueTimeout:  time.Second,
+		BodyReadTimeout:        5 * time.Minute,
 		IdleConnTimeout:        90 * time.Second,
 		KeepAlive:              net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3},
 		MaxIdleConnsPerHost:    64,

@@ -36,6 +36,10 @@ func describeFailure(err error, reason string) string {
 			return "egress denied by the " + d.RuleSet + " rules: " + d.Reason
 		}
 		return "egress denied"
+	case ReasonOverloaded:
+		if ob := (*errBufferBudget)(nil); errors.As(err, &ob) {
+			return ob.Error()
+		}
 	case ReasonQueueFull:
 		return "the host's wait queue is full (max_pending_requests)"
 	case ReasonBodyTooLarge:
@@ -50,6 +54,8 @@ func describeFailure(err error, reason string) string {
 		return "no response head in time"
 	case ReasonRequestTimeout:
 		return "the request timed out"
+	case ReasonBodyReadTimeout:
+		return "the upstream sent no body bytes within body_read_timeout"
 	case ReasonDNSError:
 		if de := (*net.DNSError)(nil); errors.As(err, &de) {
 			switch {

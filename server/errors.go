@@ -38,6 +38,7 @@ const (
 	ReasonTLSHandshakeTimeout   = "TLS_HANDSHAKE_TIMEOUT"
 	ReasonResponseHeaderTimeout = "RESPONSE_HEADER_TIMEOUT"
 	ReasonRequestTimeout        = "REQUEST_TIMEOUT"
+	ReasonBodyReadTimeout       = "BODY_READ_TIMEOUT"
 	ReasonDNSError              = "DNS_ERROR"
 	ReasonConnectionRefused     = "CONNECTION_REFUSED"
 	ReasonUpstreamReset         = "UPSTREAM_RESET"
@@ -176,10 +177,13 @@ func classify(err error) (codes.Code, string) {
 	var derr *dialer.Error
 	hasStep := errors.As(err, &derr)
 	var tooLarge *errBodyTooLarge
+	var overBudget *errBufferBudget
 
 	switch {
 	case errors.As(err, &tooLarge):
 		return codes.ResourceExhausted, ReasonBodyTooLarge
+	case errors.As(err, &overBudget):
+		return codes.ResourceExhausted, ReasonOverloaded
 	case errors.Is(err, pool.ErrQueueFull):
 		return codes.ResourceExhausted, ReasonQueueFull
 	case errors.Is(err, dialer.ErrEgressDenied):
@@ -194,6 +198,8 @@ func classify(err error) (codes.Code, string) {
 			phase = perr.Phase
 		}
 		switch {
+		case errors.Is(err, pool.ErrBodyReadTimeout):
+			return codes.DeadlineExceeded, ReasonBodyReadTimeout
 		case phase == pool.PhaseTLS || (hasStep && derr.Step == dialer.StepTLS):
 			return codes.DeadlineExceeded, ReasonTLSHandshakeTimeout
 		case phase == pool.PhaseDial || phase == pool.PhaseProxy || hasStep:

@@ -36,6 +36,12 @@ type HTTPOptions struct {
 	// PipelineDepth caps the requests one Pipeline call runs at once. 0
 	// means DefaultPipelineDepth.
 	PipelineDepth int
+	// MaxBufferedBytes bounds the response bodies Do and Pipeline hold in
+	// memory at once, across all callers; a body that does not fit fails
+	// with RESOURCE_EXHAUSTED, reason OVERLOADED (before the request is
+	// sent, if the budget is already spent). Stream is not counted. 0 means
+	// no bound.
+	MaxBufferedBytes int64
 	// RevealErrorDetail puts the whole cause of a failure in the status
 	// message and the resolved address in ErrorInfo: for deployments where
 	// every caller is trusted. By default callers learn the phase, the host
@@ -58,6 +64,7 @@ type HTTPServer struct {
 	pipelineDepth int
 	failures      *reasonCounter
 	reveal        bool
+	budget        *byteBudget
 }
 
 // NewHTTPServer returns an HTTPService that sends requests through rt,
@@ -77,6 +84,7 @@ func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 		pipelineDepth: opts.PipelineDepth,
 		failures:      opts.failures,
 		reveal:        opts.RevealErrorDetail,
+		budget:        newByteBudget(opts.MaxBufferedBytes),
 	}
 }
 
@@ -87,27 +95,35 @@ func (s *HTTPServer) Do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.Do
 		return nil, err
 	}
 	defer s.limit.release()
-	return s.do(ctx, in)
+	resp, held, err := s.do(ctx, in)
+	// gRPC marshals the response after Do returns; the body's charge ends
+	// here, a moment early, since no hook runs after that.
+	s.budget.give(held)
+	return resp, err
 }
 
 // do runs one request the way Do promises, for Do and for every request of
-// a Pipeline.
-func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.DoResponse, error) {
+// a Pipeline. held is what the body took of the byte budget, which the
+// caller gives back once the response is sent.
+func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (_ *pooldv1.DoResponse, held int64, _ error) {
 	ctx, cancel := requestContext(ctx, in.GetTimeout())
 	if cancel != nil {
 		defer cancel()
 	}
 	req, err := newUpstreamRequest(ctx, in)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	if s.budget.full() {
+		return nil, 0, s.requestError(ctx, req, &errBufferBudget{limit: s.budget.limit})
 	}
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(in.GetMaxRedirects()))
 	if err != nil {
-		return nil, s.requestError(ctx, req, err)
+		return nil, 0, s.requestError(ctx, req, err)
 	}
-	body, err := s.readBody(resp)
+	body, held, err := s.readBody(resp)
 	if err != nil {
-		return nil, s.requestError(ctx, resp.Request, err)
+		return nil, 0, s.requestError(ctx, resp.Request, err)
 	}
 	// One allocation for the response, its timing and every duration in
 	// it: the response is built for every request, and each message on
@@ -121,7 +137,7 @@ func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.Do
 	r.resp.Trailers = headerFields(resp.Trailer)
 	r.timing.fill(resp, redirects)
 	r.resp.Timing = &r.timing.Timing
-	return &r.resp, nil
+	return &r.resp, held, nil
 }
 
 // doResult is a DoResponse allocated together with its Timing.
@@ -133,20 +149,34 @@ type doResult struct {
 // readBody reads the whole body, up to the size limit, and closes it. A
 // body over the limit is abandoned as soon as that is known, closing the
 // connection rather than spending time draining the rest to reuse it.
-func (s *HTTPServer) readBody(resp *http.Response) ([]byte, error) {
+func (s *HTTPServer) readBody(resp *http.Response) ([]byte, int64, error) {
+	buf, held, err := s.readAll(resp)
+	if err != nil {
+		s.budget.give(held)
+		return nil, 0, err
+	}
+	return buf, held, nil
+}
+
+// readAll is readBody but for giving back, on failure, what the buffer
+// took of the byte budget as it grew: held is that, error or not.
+func (s *HTTPServer) readAll(resp *http.Response) (buf []byte, held int64, err error) {
 	// A HEAD, 204 or 304 response has no body whatever its
 	// Content-Length says; the engine gives those http.NoBody.
 	if resp.Body == http.NoBody {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if resp.ContentLength > s.maxBodySize {
 		pool.Abort(resp)
-		return nil, &errBodyTooLarge{limit: s.maxBodySize}
+		return nil, 0, &errBodyTooLarge{limit: s.maxBodySize}
 	}
-	var buf []byte
 	if resp.ContentLength >= 0 {
 		// One byte of room past the declared length, so that the read that
 		// finds EOF needs no bigger buffer.
+		if !s.budget.take(resp.ContentLength + 1) {
+			return nil, 0, s.overBudget(resp)
+		}
+		held = resp.ContentLength + 1
 		buf = make([]byte, 0, resp.ContentLength+1)
 	}
 	for {
@@ -156,27 +186,44 @@ func (s *HTTPServer) readBody(resp *http.Response) ([]byte, error) {
 			// limit" from "more".
 			grow := min(max(cap(buf), 4<<10), int(s.maxBodySize+1)-len(buf))
 			buf = slices.Grow(buf, grow)
+			more := int64(cap(buf)) - held
+			if !s.budget.take(more) {
+				return nil, held, s.overBudget(resp)
+			}
+			held += more
 		}
 		n, err := resp.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if int64(len(buf)) > s.maxBodySize {
 			pool.Abort(resp)
-			return nil, &errBodyTooLarge{limit: s.maxBodySize}
+			return nil, held, &errBodyTooLarge{limit: s.maxBodySize}
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			_ = resp.Body.Close()
-			return nil, err
+			return nil, held, err
 		}
 	}
 	// The body hit EOF: the trailers are in and the connection has gone
 	// back to the pool.
 	if err := resp.Body.Close(); err != nil {
-		return nil, err
+		return nil, held, err
 	}
-	return buf, nil
+	return buf, held, nil
+}
+
+// overBudget gives up on a body that does not fit the byte budget. The
+// request was sent: its response is what did not fit.
+func (s *HTTPServer) overBudget(resp *http.Response) error {
+	pool.Abort(resp)
+	return &pool.Error{
+		Phase: pool.PhaseBody,
+		Host:  resp.Request.URL.Scheme + "://" + hostPort(resp.Request.URL),
+		Err:   &errBufferBudget{limit: s.budget.limit},
+		Sent:  true,
+	}
 }
 
 // requestContext bounds ctx by DoRequest.timeout when that ends before the

@@ -166,7 +166,7 @@ func (p *pipeline) start(id uint64, req *pooldv1.DoRequest) error {
 func (p *pipeline) work(call *pipelineCall) {
 	defer p.workers.Done()
 	for ; call != nil; call = <-p.jobs {
-		resp, err := p.s.do(call.ctx, call.req)
+		resp, held, err := p.s.do(call.ctx, call.req)
 		p.s.limit.release()
 		// Out of the table before the answer goes out: a caller may
 		// reuse the id as soon as it has the answer.
@@ -175,6 +175,8 @@ func (p *pipeline) work(call *pipelineCall) {
 		p.mu.Unlock()
 		call.cancel()
 		p.answer(call.id, resp, err)
+		// Send has marshalled the response: its body is no longer held.
+		p.s.budget.give(held)
 		<-p.slots
 	}
 }

@@ -60,6 +60,9 @@ type Config struct {
 	// RevealErrorDetail tells callers the whole cause of a failure, resolved
 	// addresses and egress rules included; see HTTPOptions.
 	RevealErrorDetail bool
+	// MaxBufferedBytes bounds the response bodies Do and Pipeline hold at
+	// once; see HTTPOptions.
+	MaxBufferedBytes int64
 	// Transport tunes the HTTP/2 server under the gRPC services.
 	Transport Transport
 	// AdminTokens, when set, guard PoolService and PolicyService.
@@ -194,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 		MaxInFlight:       cfg.MaxInFlight,
 		PipelineDepth:     cfg.PipelineDepth,
 		RevealErrorDetail: cfg.RevealErrorDetail,
+		MaxBufferedBytes:  cfg.MaxBufferedBytes,
 		failures:          reasons,
 	}))
 	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))

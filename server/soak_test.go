@@ -29,7 +29,7 @@ const soakCallers = 64
 var readmeOutcomes = map[codes.Code][]string{
 	codes.InvalidArgument:   {ReasonInvalidArgument},
 	codes.ResourceExhausted: {ReasonQueueFull, ReasonBodyTooLarge, ReasonOverloaded},
-	codes.DeadlineExceeded:  {ReasonDialTimeout, ReasonTLSHandshakeTimeout, ReasonResponseHeaderTimeout, ReasonRequestTimeout},
+	codes.DeadlineExceeded:  {ReasonDialTimeout, ReasonTLSHandshakeTimeout, ReasonResponseHeaderTimeout, ReasonRequestTimeout, ReasonBodyReadTimeout},
 	codes.Unavailable: {ReasonDNSError, ReasonConnectionRefused, ReasonUpstreamReset, ReasonUpstreamProtocolError,
 		ReasonTLSError, ReasonProxyError, ReasonUpstreamError, ReasonShuttingDown},
 	codes.PermissionDenied: {ReasonEgressDenied},

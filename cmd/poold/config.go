@@ -25,6 +25,7 @@ type config struct {
 	maxRecvMsgSize byteSize
 	maxSendMsgSize byteSize
 	maxBodySize    byteSize
+	maxBuffered    byteSize
 	policyFile     string
 	debugListen    string
 	debugPublic    bool
@@ -87,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		maxRecvMsgSize:  32 << 20,
 		maxSendMsgSize:  32 << 20,
 		maxBodySize:     16 << 20,
+		maxBuffered:     1 << 30,
 		metricsHosts:    100,
 		maxInFlight:     4096,
 		maxDialsPerHost: 64,
@@ -111,6 +113,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", cfg.shutdownDelay, "on SIGTERM, time between reporting NOT_SERVING and refusing calls, for load balancers to notice")
 	fs.Var(&cfg.maxRecvMsgSize, "max-recv-msg-size", "largest gRPC message accepted, e.g. 32MiB; bounds a Do request body (default 32MiB)")
 	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
+	fs.Var(&cfg.maxBuffered, "max-buffered-bytes", "response body bytes Do and Pipeline hold at once across all callers; a body that does not fit fails with OVERLOADED (Stream is not counted; 0 = no bound) (default 1GiB)")
 	fs.Var(&cfg.maxBodySize, "max-body-size", "largest upstream response body Do returns; larger ones fail with BODY_TOO_LARGE (use Stream) (default 16MiB)")
 	fs.Func("debug-listen", "address serving net/http/pprof for profiling, host:port on loopback (empty = off)", listenAddr(&cfg.debugListen))
 	fs.BoolVar(&cfg.debugPublic, "debug-listen-public", false, "allow --debug-listen on an address other hosts can reach")
@@ -187,6 +190,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}{
 		{cfg.shutdownGrace < 0, "--shutdown-grace", cfg.shutdownGrace, "must not be negative"},
 		{cfg.shutdownDelay < 0, "--shutdown-delay", cfg.shutdownDelay, "must not be negative"},
+		{cfg.maxBuffered != 0 && cfg.maxBuffered <= cfg.maxBodySize, "--max-buffered-bytes", &cfg.maxBuffered, "must be more than --max-body-size (or 0 for no bound), or no body of that size could fit"},
 		{cfg.metricsHosts < 1, "--metrics-max-hosts", cfg.metricsHosts, "must be at least 1"},
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
 		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},

@@ -32,6 +32,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	setGCPercent(cfg.gcPercent, getenv)
+	setMemoryLimit(int64(cfg.maxBuffered), getenv)
 	logger := newLogger(cfg, stderr)
 	d, err := newDaemon(cfg, logger)
 	var uerr *usageError
@@ -187,13 +188,14 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 			SharedWriteBuffer: cfg.sharedWriteBuffer,
 			StreamWindow:      int32(cfg.streamWindow),
 		},
-		Engine:         engine,
-		Policies:       policies,
-		MaxBodySize:    int64(cfg.maxBodySize),
-		Logger:         logger,
-		Registerer:     registry,
-		MaxRecvMsgSize: int(cfg.maxRecvMsgSize),
-		MaxSendMsgSize: int(cfg.maxSendMsgSize),
+		Engine:           engine,
+		Policies:         policies,
+		MaxBodySize:      int64(cfg.maxBodySize),
+		MaxBufferedBytes: int64(cfg.maxBuffered),
+		Logger:           logger,
+		Registerer:       registry,
+		MaxRecvMsgSize:   int(cfg.maxRecvMsgSize),
+		MaxSendMsgSize:   int(cfg.maxSendMsgSize),
 		Keepalive: server.Keepalive{
 			MinPingInterval:       cfg.keepaliveMinTime,
 			PermitWithoutStream:   cfg.keepalivePermitWithoutStream,

@@ -106,6 +106,7 @@ func TestBadConfigurationExitsTwoNamingTheFlag(t *testing.T) {
 		{"unknown log level", []string{"--log-level=loud"}, nil, `--log-level`},
 		{"negative grace", []string{"--shutdown-grace=-1s"}, nil, `--shutdown-grace`},
 		{"negative delay", []string{"--shutdown-delay=-1s"}, nil, `--shutdown-delay`},
+		{"buffer budget under the body limit", []string{"--max-buffered-bytes=1MiB"}, nil, `--max-buffered-bytes`},
 		{"zero message size", []string{"--max-recv-msg-size=0"}, nil, `--max-recv-msg-size`},
 		{"unknown flag", []string{"--no-such-flag"}, nil, `--no-such-flag`},
 		{"stray argument", []string{"serve"}, nil, `"serve"`},

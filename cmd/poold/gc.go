@@ -2,6 +2,22 @@ package main
 
 import "runtime/debug"
 
+// memoryLimitBase is the soft memory limit's room for everything but
+// buffered bodies: pools, buffers, goroutines, the runtime.
+const memoryLimitBase = 256 << 20
+
+// setMemoryLimit gives the collector a soft limit that follows the byte
+// budget, unless GOMEMLIMIT was given: twice the budget (a body, and the
+// copy gRPC marshals it into) plus a base. With a heap growth of 400% the
+// collector would otherwise let garbage from buffered bodies pile up to
+// several times the budget before it ran.
+func setMemoryLimit(budget int64, getenv func(string) string) {
+	if budget <= 0 || getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(2*budget + memoryLimitBase)
+}
+
 // gcPercentUnset marks --gc-percent as not given.
 const gcPercentUnset = -2
 

@@ -97,6 +97,12 @@ type Policy struct {
 	// closed first. 0 means no limit. Only allowed in policies/default.
 	// Built-in default 1024.
 	MaxIdleConns *uint32 `protobuf:"varint,18,opt,name=max_idle_conns,json=maxIdleConns,proto3,oneof" json:"max_idle_conns,omitempty"`
+	// Longest wait for the next bytes of a response body: an upstream that
+	// sends nothing for this long fails the request with DEADLINE_EXCEEDED,
+	// reason BODY_READ_TIMEOUT, so one that drips a byte now and then cannot
+	// hold a connection for as long as the caller waits. Time a Stream caller
+	// takes to read does not count. 0 means no limit. Built-in default 5m.
+	BodyReadTimeout *durationpb.Duration `protobuf:"bytes,21,opt,name=body_read_timeout,json=bodyReadTimeout,proto3" json:"body_read_timeout,omitempty"`
 	// Version of this policy, changed by every update. Send it back in
 	// UpdatePolicy or DeletePolicy to fail with ABORTED if someone else
 	// changed the policy in between. Output only.
@@ -261,6 +267,13 @@ func (x *Policy) GetMaxIdleConns() uint32 {
 		return *x.MaxIdleConns
 	}
 	return 0
+}
+
+func (x *Policy) GetBodyReadTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.BodyReadTimeout
+	}
+	return nil
 }
 
 func (x *Policy) GetEtag() string {
@@ -656,8 +669,7 @@ var File_poold_v1_policy_proto protoreflect.FileDescriptor
 
 const file_poold_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\n" +
-	"\n" +
+	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\v\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\fdial_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vdialTimeout\x12M\n" +
@@ -678,7 +690,8 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\x19max_response_header_bytes\x18\x0f \x01(\rH\x05R\x16maxResponseHeaderBytes\x88\x01\x01\x122\n" +
 	"\x12disable_keepalives\x18\x10 \x01(\bH\x06R\x11disableKeepalives\x88\x01\x01\x12 \n" +
 	"\tproxy_url\x18\x11 \x01(\tH\aR\bproxyUrl\x88\x01\x01\x12)\n" +
-	"\x0emax_idle_conns\x18\x12 \x01(\rH\bR\fmaxIdleConns\x88\x01\x01\x12\x12\n" +
+	"\x0emax_idle_conns\x18\x12 \x01(\rH\bR\fmaxIdleConns\x88\x01\x01\x12E\n" +
+	"\x11body_read_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0fbodyReadTimeout\x12\x12\n" +
 	"\x04etag\x18\x13 \x01(\tR\x04etag\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTimeB\x18\n" +
@@ -759,27 +772,28 @@ var file_poold_v1_policy_proto_depIdxs = []int32{
 	8,  // 5: poold.v1.Policy.expect_continue_timeout:type_name -> google.protobuf.Duration
 	8,  // 6: poold.v1.Policy.idle_conn_timeout:type_name -> google.protobuf.Duration
 	8,  // 7: poold.v1.Policy.max_conn_lifetime:type_name -> google.protobuf.Duration
-	9,  // 8: poold.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 9: poold.v1.TcpKeepalive.idle:type_name -> google.protobuf.Duration
-	8,  // 10: poold.v1.TcpKeepalive.interval:type_name -> google.protobuf.Duration
-	0,  // 11: poold.v1.ListPoliciesResponse.policies:type_name -> poold.v1.Policy
-	0,  // 12: poold.v1.UpdatePolicyRequest.policy:type_name -> poold.v1.Policy
-	10, // 13: poold.v1.UpdatePolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	2,  // 14: poold.v1.PolicyService.GetPolicy:input_type -> poold.v1.GetPolicyRequest
-	3,  // 15: poold.v1.PolicyService.ListPolicies:input_type -> poold.v1.ListPoliciesRequest
-	5,  // 16: poold.v1.PolicyService.UpdatePolicy:input_type -> poold.v1.UpdatePolicyRequest
-	6,  // 17: poold.v1.PolicyService.DeletePolicy:input_type -> poold.v1.DeletePolicyRequest
-	7,  // 18: poold.v1.PolicyService.GetEffectivePolicy:input_type -> poold.v1.GetEffectivePolicyRequest
-	0,  // 19: poold.v1.PolicyService.GetPolicy:output_type -> poold.v1.Policy
-	4,  // 20: poold.v1.PolicyService.ListPolicies:output_type -> poold.v1.ListPoliciesResponse
-	0,  // 21: poold.v1.PolicyService.UpdatePolicy:output_type -> poold.v1.Policy
-	11, // 22: poold.v1.PolicyService.DeletePolicy:output_type -> google.protobuf.Empty
-	0,  // 23: poold.v1.PolicyService.GetEffectivePolicy:output_type -> poold.v1.Policy
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 8: poold.v1.Policy.body_read_timeout:type_name -> google.protobuf.Duration
+	9,  // 9: poold.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 10: poold.v1.TcpKeepalive.idle:type_name -> google.protobuf.Duration
+	8,  // 11: poold.v1.TcpKeepalive.interval:type_name -> google.protobuf.Duration
+	0,  // 12: poold.v1.ListPoliciesResponse.policies:type_name -> poold.v1.Policy
+	0,  // 13: poold.v1.UpdatePolicyRequest.policy:type_name -> poold.v1.Policy
+	10, // 14: poold.v1.UpdatePolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 15: poold.v1.PolicyService.GetPolicy:input_type -> poold.v1.GetPolicyRequest
+	3,  // 16: poold.v1.PolicyService.ListPolicies:input_type -> poold.v1.ListPoliciesRequest
+	5,  // 17: poold.v1.PolicyService.UpdatePolicy:input_type -> poold.v1.UpdatePolicyRequest
+	6,  // 18: poold.v1.PolicyService.DeletePolicy:input_type -> poold.v1.DeletePolicyRequest
+	7,  // 19: poold.v1.PolicyService.GetEffectivePolicy:input_type -> poold.v1.GetEffectivePolicyRequest
+	0,  // 20: poold.v1.PolicyService.GetPolicy:output_type -> poold.v1.Policy
+	4,  // 21: poold.v1.PolicyService.ListPolicies:output_type -> poold.v1.ListPoliciesResponse
+	0,  // 22: poold.v1.PolicyService.UpdatePolicy:output_type -> poold.v1.Policy
+	11, // 23: poold.v1.PolicyService.DeletePolicy:output_type -> google.protobuf.Empty
+	0,  // 24: poold.v1.PolicyService.GetEffectivePolicy:output_type -> poold.v1.Policy
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_poold_v1_policy_proto_init() }
