@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -65,7 +66,14 @@ type HTTPServer struct {
 	failures      *reasonCounter
 	reveal        bool
 	budget        *byteBudget
+
+	draining  chan struct{} // closed by Drain
+	drainOnce sync.Once
 }
+
+// Drain tells every Pipeline to stop taking requests and end once those
+// it runs are answered; see Pipeline. Server.Shutdown calls it.
+func (s *HTTPServer) Drain() { s.drainOnce.Do(func() { close(s.draining) }) }
 
 // NewHTTPServer returns an HTTPService that sends requests through rt,
 // normally the *pool.Engine, whose policies also bound each request's time
@@ -85,6 +93,7 @@ func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 		failures:      opts.failures,
 		reveal:        opts.RevealErrorDetail,
 		budget:        newByteBudget(opts.MaxBufferedBytes),
+		draining:      make(chan struct{}),
 	}
 }
 

@@ -37,6 +37,12 @@ const pipelineMethod = "/poold.v1.HTTPService/Pipeline"
 // growth of its stack. Responses are sent by the workers, one at a time.
 // The call returns once every request it started has been answered or has
 // given up because the stream ended.
+//
+// When poold shuts down (Drain), a Pipeline stops taking requests: each one
+// that arrives from then on is answered UNAVAILABLE, reason SHUTTING_DOWN,
+// without being run, and once the requests already running are answered
+// the call ends with that status too, rather than holding shutdown for as
+// long as the caller keeps the stream open.
 func (s *HTTPServer) Pipeline(stream pooldv1.HTTPService_PipelineServer) error {
 	if err := stream.SendHeader(metadata.Pairs(PipelineDepthHeader, strconv.Itoa(s.pipelineDepth))); err != nil {
 		return err
@@ -51,15 +57,42 @@ func (s *HTTPServer) Pipeline(stream pooldv1.HTTPService_PipelineServer) error {
 		jobs:    make(chan *pipelineCall),
 		running: make(map[uint64]*pipelineCall),
 	}
-	err := p.read()
+	// The reader runs on a goroutine of its own so that a drain need not
+	// wait for the caller's next message. It ends when the stream does: at
+	// the latest when this call returns and gRPC cancels the stream.
+	read := make(chan error, 1)
+	go func() { read <- p.read() }()
+	var err error
+	select {
+	case err = <-read:
+	case <-s.draining:
+		err = p.drain()
+	}
 	if err != nil {
-		// The stream broke: nobody will read the answers to what runs.
+		// The stream broke or is ending: nobody will read the answers to
+		// what still runs.
 		cancel()
 	}
 	// No more requests: the workers finish what they run, then end.
 	close(p.jobs)
 	p.workers.Wait()
 	return err
+}
+
+// drain stops the pipeline taking requests and waits until those running
+// are answered, or the stream ends.
+func (p *pipeline) drain() error {
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
+	for range cap(p.slots) {
+		select {
+		case p.slots <- struct{}{}:
+		case <-p.ctx.Done():
+			return status.FromContextError(p.ctx.Err()).Err()
+		}
+	}
+	return shuttingDown()
 }
 
 // pipeline is one Pipeline call.
@@ -72,8 +105,9 @@ type pipeline struct {
 	jobs    chan *pipelineCall
 	workers sync.WaitGroup
 
-	mu      sync.Mutex // guards running
+	mu      sync.Mutex // guards running and stopped
 	running map[uint64]*pipelineCall
+	stopped bool // draining: no request starts any more
 
 	sendMu  sync.Mutex // serialises Send, which grpc-go requires
 	sendErr error      // guarded by sendMu: the first failed Send
@@ -107,9 +141,13 @@ func (p *pipeline) read() error {
 			continue
 		}
 		// Wait for a slot before reading on: this is what bounds the
-		// stream.
+		// stream. A drain takes every slot, and what arrives then is
+		// answered at once.
 		select {
 		case p.slots <- struct{}{}:
+		case <-p.s.draining:
+			p.answer(in.GetId(), nil, shuttingDown())
+			continue
 		case <-p.ctx.Done():
 			return status.FromContextError(p.ctx.Err()).Err()
 		}
@@ -137,6 +175,12 @@ func (p *pipeline) finish() error {
 
 // start hands a request to a worker, or says why it cannot run.
 func (p *pipeline) start(id uint64, req *pooldv1.DoRequest) error {
+	p.mu.Lock()
+	stopped := p.stopped
+	p.mu.Unlock()
+	if stopped {
+		return shuttingDown()
+	}
 	if err := p.s.limit.acquire(); err != nil {
 		return err
 	}

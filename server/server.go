@@ -110,6 +110,7 @@ type Server struct {
 	Health *health.Server
 
 	watches *watchEnder
+	http    *HTTPServer
 }
 
 // New builds the gRPC server. Health starts NOT_SERVING: the caller flips it
@@ -192,14 +193,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Engine == nil || cfg.Policies == nil {
 		return nil, errors.New("server: Config.Engine and Config.Policies are required")
 	}
-	pooldv1.RegisterHTTPServiceServer(s, NewHTTPServer(cfg.Engine, HTTPOptions{
+	httpServer := NewHTTPServer(cfg.Engine, HTTPOptions{
 		MaxBodySize:       cfg.MaxBodySize,
 		MaxInFlight:       cfg.MaxInFlight,
 		PipelineDepth:     cfg.PipelineDepth,
 		RevealErrorDetail: cfg.RevealErrorDetail,
 		MaxBufferedBytes:  cfg.MaxBufferedBytes,
 		failures:          reasons,
-	}))
+	})
+	pooldv1.RegisterHTTPServiceServer(s, httpServer)
 	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))
 	pooldv1.RegisterPolicyServiceServer(s, NewPolicyServer(cfg.Policies))
 
@@ -210,7 +212,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	metrics.init(s)
-	return &Server{GRPC: s, Health: hs, watches: watches}, nil
+	return &Server{GRPC: s, Health: hs, watches: watches, http: httpServer}, nil
 }
 
 // SetServing marks every service SERVING.

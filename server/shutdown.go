@@ -70,14 +70,16 @@ func shuttingDown() error {
 // NOT_SERVING at once; for delay the listeners keep accepting and serving,
 // so that a balancer polling health stops sending before anything is
 // refused. Then every watch stream (WatchEvents, health Watch) ends with
-// UNAVAILABLE, and the calls in flight, unary, Stream and Pipeline, get
-// until grace to finish before every connection is cut.
+// UNAVAILABLE, every Pipeline stops taking requests and ends once those it
+// runs are answered, and the calls in flight get until grace to finish
+// before every connection is cut.
 func (s *Server) Shutdown(delay, grace time.Duration) {
 	s.Health.Shutdown()
 	if delay > 0 {
 		time.Sleep(delay)
 	}
 	s.watches.end()
+	s.http.Drain()
 	done := make(chan struct{})
 	go func() {
 		s.GRPC.GracefulStop()
