@@ -15,20 +15,21 @@ import (
 
 func TestRequestsThatGiveUpLeaveNoMoreDialsThanTheCap(t *testing.T) {
 	addr := dialertest.Blackhole(t, "tcp4", "127.0.0.1:0").Addr().String()
-	dialTimeout := 3 * time.Second
+	dialTimeout := time.Minute // no dial ends while the test runs
 	e, err := New(Options{MaxDialsPerHost: 2, Policies: PolicySet{Default: Policy{DialTimeout: &dialTimeout}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
 
+	// All 40 wait, two of them with a dial, and then all give up at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var wg sync.WaitGroup
 	for range 40 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			defer cancel()
 			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
 			if resp, err := e.RoundTrip(req); err == nil {
 				resp.Body.Close()
@@ -36,6 +37,14 @@ func TestRequestsThatGiveUpLeaveNoMoreDialsThanTheCap(t *testing.T) {
 			}
 		}()
 	}
+	eventually(t, "40 requests to wait", func() bool {
+		h, _ := e.Host(addr)
+		return h.Pending == 40
+	})
+	if h, _ := e.Host(addr); h.Dialing != 2 {
+		t.Errorf("%d dialing with 40 requests waiting, want the cap of 2", h.Dialing)
+	}
+	cancel()
 	wg.Wait()
 	h, ok := e.Host(addr)
 	if !ok {

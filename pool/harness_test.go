@@ -375,14 +375,17 @@ func policy(edits ...func(*Policy)) Policy {
 func ptr[T any](v T) *T { return &v }
 
 // newTestEngine returns an engine that never consults the environment for
-// proxies and sweeps often, closed when the test ends.
+// proxies, closed when the test ends. Its reaper is left to sleep for an
+// hour unless opts say otherwise: a test that needs a sweep runs one with
+// sweepNow, at a time of its choosing on its own clock, rather than
+// waiting for a ticker.
 func newTestEngine(t testing.TB, opts Options, edits ...func(*Policy)) *Engine {
 	t.Helper()
 	if opts.Proxy == nil {
 		opts.Proxy = func(*url.URL) (*url.URL, error) { return nil, nil }
 	}
 	if opts.SweepInterval == 0 {
-		opts.SweepInterval = 10 * time.Millisecond
+		opts.SweepInterval = time.Hour
 	}
 	opts.Policies.Default = opts.Policies.Default.Merge(policy(edits...))
 	e, err := New(opts)
@@ -441,15 +444,39 @@ func mustGet(t testing.TB, e *Engine, url string) result {
 	return r
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually polls cond until it holds. The deadline only turns a hang
+// into a failure, so it is far beyond anything a loaded machine needs; the
+// poll interval is no budget.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// fakeClock is a clock for Options.Now that moves only when told to.
+type fakeClock struct{ now atomic.Int64 } // Unix nanoseconds
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time { return time.Unix(0, c.now.Load()) }
+
+func (c *fakeClock) Advance(d time.Duration) { c.now.Add(int64(d)) }
+
+// sweepNow runs one sweep of every pool at the engine's time, as the
+// reaper does on each tick, and returns when it is done.
+func sweepNow(e *Engine) {
+	now := e.now()
+	for _, hp := range e.hostList() {
+		hp.sweep(now)
 	}
 }
 

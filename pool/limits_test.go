@@ -3,18 +3,17 @@ package pool
 import (
 	"context"
 	"errors"
-	"net/http"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
 func TestMaxConnsPerHostIsNeverExceededAndEveryRequestCompletes(t *testing.T) {
-	// The handler holds each request a moment so that requests pile up.
-	u := newUpstream(t, func(s *serverConn, r *http.Request) bool {
-		time.Sleep(time.Millisecond)
-		return s.reply(200, "", "ok")
-	})
+	// The server holds every request until all 50 are in, so that they
+	// pile up behind the limit.
+	release := make(chan struct{})
+	u := newUpstream(t, stallHeaders(release, "ok"))
 	e := newTestEngine(t, Options{}, func(p *Policy) { p.MaxConnsPerHost = ptr(uint32(3)) })
 
 	var wg sync.WaitGroup
@@ -30,6 +29,14 @@ func TestMaxConnsPerHostIsNeverExceededAndEveryRequestCompletes(t *testing.T) {
 			errs <- err
 		}()
 	}
+	// Three requests hold the three conns; the rest must queue, not dial.
+	eventually(t, "three requests held and 47 queued", func() bool {
+		return u.requests.Load() == 3 && hostStats(t, e, u).Pending == 47
+	})
+	if a := u.accepted.Load(); a != 3 {
+		t.Errorf("server accepted %d conns with 47 requests queued, want 3", a)
+	}
+	close(release)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -115,18 +122,31 @@ func TestConnsAreClosedForIdleTimeoutLifetimeAndRequestCountWithTheirReason(t *t
 		name     string
 		edit     func(*Policy)
 		requests int
+		expiry   time.Duration // how long the conn lives, on the engine's clock; 0 = not timed
 		reason   CloseReason
 	}{
-		{"idle timeout", func(p *Policy) { p.IdleConnTimeout = ptr(30 * time.Millisecond) }, 1, CloseIdleTimeout},
-		{"max lifetime", func(p *Policy) { p.MaxConnLifetime = ptr(30 * time.Millisecond) }, 1, CloseMaxLifetime},
-		{"max requests", func(p *Policy) { p.MaxRequestsPerConn = ptr(uint32(2)) }, 2, CloseMaxRequests},
+		{"idle timeout", func(p *Policy) { p.IdleConnTimeout = ptr(time.Minute) }, 1, time.Minute, CloseIdleTimeout},
+		{"max lifetime", func(p *Policy) { p.MaxConnLifetime = ptr(time.Minute) }, 1, time.Minute, CloseMaxLifetime},
+		{"max requests", func(p *Policy) { p.MaxRequestsPerConn = ptr(uint32(2)) }, 2, 0, CloseMaxRequests},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			u := newUpstream(t, respond("ok"))
-			e := newTestEngine(t, Options{SweepInterval: 5 * time.Millisecond}, tt.edit)
+			clock := newFakeClock()
+			e := newTestEngine(t, Options{Now: clock.Now}, tt.edit)
 			for range tt.requests {
 				mustGet(t, e, u.URL)
+			}
+			if tt.expiry > 0 {
+				// A sweep just before the conn expires keeps it; the first
+				// sweep after closes it.
+				clock.Advance(tt.expiry - time.Nanosecond)
+				sweepNow(e)
+				if h := hostStats(t, e, u); h.Idle != 1 || len(h.Counters.Closed) != 0 {
+					t.Fatalf("a sweep %v before expiry: idle %d, closed %v; want the conn kept", time.Nanosecond, h.Idle, h.Counters.Closed)
+				}
+				clock.Advance(time.Nanosecond)
+				sweepNow(e)
 			}
 			eventually(t, "the conn to close as "+string(tt.reason), func() bool {
 				return hostStats(t, e, u).Counters.Closed[tt.reason] == 1
@@ -140,20 +160,37 @@ func TestConnsAreClosedForIdleTimeoutLifetimeAndRequestCountWithTheirReason(t *t
 	}
 }
 
-func TestAnExpiredIdleConnIsNotUsedBetweenSweeps(t *testing.T) {
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
+// The reaper itself: on its own ticker, with nobody calling sweepNow, it
+// closes an idle conn at the first tick after the conn expires, and not
+// before. The engine runs in a synctest bubble, so the ticker and the clock
+// are fake; the upstream runs outside it, and the bubble only dials it and
+// sends it one request, which holds no goroutine once the conn is idle.
+func TestTheReaperClosesExpiredIdleConnsOnItsOwn(t *testing.T) {
 	u := newUpstream(t, respond("ok"))
-	e := newTestEngine(t, Options{Now: clock, SweepInterval: time.Hour}, func(p *Policy) { p.IdleConnTimeout = ptr(time.Minute) })
+	synctest.Test(t, func(t *testing.T) {
+		e := newTestEngine(t, Options{SweepInterval: time.Second}, func(p *Policy) { p.IdleConnTimeout = ptr(10 * time.Second) })
+		mustGet(t, e, u.URL)
+		// Ticks at 1s, 2s, ... 9s find the conn within its idle timeout.
+		time.Sleep(10*time.Second - time.Nanosecond)
+		synctest.Wait()
+		if h := hostStats(t, e, u); h.Idle != 1 || len(h.Counters.Closed) != 0 {
+			t.Fatalf("before the idle timeout: idle %d, closed %v; want the conn kept", h.Idle, h.Counters.Closed)
+		}
+		// The tick at 10s finds it expired.
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if h := hostStats(t, e, u); h.Idle != 0 || h.Counters.Closed[CloseIdleTimeout] != 1 || len(h.Counters.Closed) != 1 {
+			t.Fatalf("a tick after the idle timeout: idle %d, closed %v; want it closed as %s", h.Idle, h.Counters.Closed, CloseIdleTimeout)
+		}
+	})
+}
+
+func TestAnExpiredIdleConnIsNotUsedBetweenSweeps(t *testing.T) {
+	clock := newFakeClock()
+	u := newUpstream(t, respond("ok"))
+	e := newTestEngine(t, Options{Now: clock.Now}, func(p *Policy) { p.IdleConnTimeout = ptr(time.Minute) })
 	first := mustGet(t, e, u.URL)
-	mu.Lock()
-	now = now.Add(2 * time.Minute)
-	mu.Unlock()
+	clock.Advance(2 * time.Minute)
 	second := mustGet(t, e, u.URL)
 	if second.timing.ConnID == first.timing.ConnID {
 		t.Error("expired idle conn was used")

@@ -169,7 +169,7 @@ func TestHostOverridesApplyToTheirPoolOnly(t *testing.T) {
 	b := newUpstream(t, stallPath("/slow", release))
 	e := newTestEngine(t, Options{})
 	err := e.SetPolicies(PolicySet{Hosts: map[string]Policy{
-		a.host: policy(func(p *Policy) { p.ResponseHeaderTimeout = ptr(20 * time.Millisecond) }),
+		a.host: policy(func(p *Policy) { p.ResponseHeaderTimeout = ptr(time.Second) }),
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +177,11 @@ func TestHostOverridesApplyToTheirPoolOnly(t *testing.T) {
 	if _, err := do(e, newRequest(t, context.Background(), "GET", a.URL+"/slow", "")); !isTimeout(err) {
 		t.Errorf("a: %v, want a timeout", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// b's only bound is the caller's deadline, later than a's header
+	// timeout would fire: were a's override applied to b, b would fail
+	// with a's timeout first. The deadline also covers b's dial and write,
+	// which a second's margin leaves room for on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err = do(e, newRequest(t, ctx, "GET", b.URL+"/slow", ""))
 	if pe := poolError(t, err, PhaseResponseHeader); !errors.Is(pe, context.DeadlineExceeded) {

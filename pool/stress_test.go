@@ -63,6 +63,11 @@ func TestStress(t *testing.T) {
 		maxOps  = 50000 // per run, whatever the duration
 	)
 	u := stressUpstream(t)
+	// The short sweep interval, idle timeouts and pauses below, like the
+	// upstream's /slow delay and stressOp's early cancels, are load shapes
+	// on the real clock: they make conns expire, get swept and get
+	// canceled mid-flight while traffic runs. No check depends on when any
+	// of them fires.
 	e := newTestEngine(t, Options{SweepInterval: 5 * time.Millisecond}, func(p *Policy) {
 		p.MaxRetries = ptr(uint32(3))
 		p.IdleConnTimeout = ptr(50 * time.Millisecond)

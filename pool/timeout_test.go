@@ -15,7 +15,10 @@ func TestResponseHeaderTimeoutIsATimeoutAndThePoolStaysUsable(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	u := newUpstream(t, stallPath("/slow", release))
-	e := newTestEngine(t, Options{}, func(p *Policy) { p.ResponseHeaderTimeout = ptr(50 * time.Millisecond) })
+	// The timer starts once the request is written, so the phase does not
+	// depend on how fast the machine is; the server never answers /slow,
+	// so nothing depends on the timeout being short either.
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.ResponseHeaderTimeout = ptr(time.Second) })
 
 	_, err := do(e, newRequest(t, context.Background(), "GET", u.URL+"/slow", ""))
 	pe := poolError(t, err, PhaseResponseHeader)
@@ -35,7 +38,10 @@ func TestRequestTimeoutAppliesWhenTheContextHasNoDeadline(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	u := newUpstream(t, stallPath("/slow", release))
-	e := newTestEngine(t, Options{}, func(p *Policy) { p.RequestTimeout = ptr(50 * time.Millisecond) })
+	// The request timeout also bounds the /fast request below, dial
+	// included: it is a real socket's deadline, so it is long enough for
+	// a loaded machine.
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.RequestTimeout = ptr(2 * time.Second) })
 
 	_, err := do(e, newRequest(t, context.Background(), "GET", u.URL+"/slow", ""))
 	pe := poolError(t, err, PhaseRequest)
@@ -59,7 +65,10 @@ func TestTheCallersDeadlineIsATimeoutInThePhaseItHit(t *testing.T) {
 	defer close(release)
 	u := newUpstream(t, stallPath("/slow", release))
 	e := newTestEngine(t, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	// The deadline runs from before the dial, so the phase it hits is the
+	// response header only if dialing and writing take less: a second is
+	// ample on loopback, however loaded the machine.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_, err := do(e, newRequest(t, ctx, "GET", u.URL+"/slow", ""))
 	pe := poolError(t, err, PhaseResponseHeader)
