@@ -369,7 +369,11 @@ func TestUpdatePolicyAppliesTheMaskAsAIP134Says(t *testing.T) {
 				if err != nil {
 					t.Fatalf("UpdatePolicy: %v", err)
 				}
-				if diff := cmp.Diff(tt.want, got, protocmp.Transform(), ignorePolicyVersion); diff != "" {
+				want := tt.want
+				if want.GetName() == defaultPolicyName {
+					want = shown("", want)
+				}
+				if diff := cmp.Diff(want, got, protocmp.Transform(), ignorePolicyVersion); diff != "" {
 					t.Errorf("returned policy (-want +got):\n%s", diff)
 				}
 				if diff := cmp.Diff(got, h.get(tt.want.GetName()), protocmp.Transform()); diff != "" {
@@ -536,10 +540,15 @@ func TestGetPolicyRefusesBadNamesAndReportsMissingOnes(t *testing.T) {
 	wantPolicyViolation(t, err, "name", `must be "policies/default" or "policies/{host}"`)
 
 	got := h.get(defaultPolicyName)
-	want := &pooldv1.Policy{Name: defaultPolicyName}
-	if diff := cmp.Diff(want, got, protocmp.Transform(), ignorePolicyVersion); diff != "" {
+	if diff := cmp.Diff(builtInDefault(), got, protocmp.Transform(), ignorePolicyVersion); diff != "" {
 		t.Errorf("untouched default policy (-want +got):\n%s", diff)
 	}
+}
+
+// builtInDefault is policies/default as GetPolicy shows it before anything
+// is set: every field at its built-in value.
+func builtInDefault() *pooldv1.Policy {
+	return fromPoolPolicy(defaultPolicyName, pool.DefaultPolicy())
 }
 
 func TestListPoliciesPutsTheDefaultFirstThenHostsByName(t *testing.T) {
@@ -768,8 +777,8 @@ func TestAPolicyUpdateGivesUpWhenTheCallerHasGoneWhileWaiting(t *testing.T) {
 	if status.Code(err) != codes.Canceled {
 		t.Fatalf("error = %v, want CANCELED", err)
 	}
-	if got := h.get(defaultPolicyName).MaxRetries; got != nil {
-		t.Errorf("max_retries = %d after a canceled update", *got)
+	if got := h.get(defaultPolicyName).GetMaxRetries(); got != *pool.DefaultPolicy().MaxRetries {
+		t.Errorf("max_retries = %d after a canceled update, want the built-in %d", got, *pool.DefaultPolicy().MaxRetries)
 	}
 }
 

@@ -110,7 +110,7 @@ func (s *PolicyStore) PolicySet() pool.PolicySet {
 	return s.cur.Load().set.Clone()
 }
 
-// Get returns the named policy as stored: only the fields it sets.
+// Get returns the named policy as the API shows it (see shown).
 func (s *PolicyStore) Get(name string) (*pooldv1.Policy, error) {
 	host, v := parsePolicyName(name, "name")
 	if v != nil {
@@ -120,7 +120,27 @@ func (s *PolicyStore) Get(name string) (*pooldv1.Policy, error) {
 	if !ok {
 		return nil, policyNotFound(name)
 	}
-	return proto.CloneOf(p), nil
+	return shown(host, p), nil
+}
+
+// shown is a stored policy as the API shows it. A host policy shows the
+// fields it sets, so that what it inherits stays visibly inherited. The
+// default policy is where inheritance ends, so it shows the values in
+// force: what it sets, and the built-in value of every field it leaves
+// unset. The etag is the stored policy's; an update still changes only the
+// fields it names, and the policy file holds only what was set.
+func shown(host string, p *pooldv1.Policy) *pooldv1.Policy {
+	if host != "" {
+		return proto.CloneOf(p)
+	}
+	stored, violations := toPoolPolicy(p)
+	if len(violations) > 0 {
+		// Stored policies were validated on the way in; show it as is.
+		return proto.CloneOf(p)
+	}
+	out := fromPoolPolicy(p.GetName(), pool.DefaultPolicy().Merge(stored))
+	out.Etag, out.UpdateTime = p.GetEtag(), proto.CloneOf(p.GetUpdateTime())
+	return out
 }
 
 // List returns every policy: the default policy first, then host policies
@@ -128,7 +148,8 @@ func (s *PolicyStore) Get(name string) (*pooldv1.Policy, error) {
 func (s *PolicyStore) List() *pooldv1.ListPoliciesResponse {
 	resp := s.cur.Load().list()
 	for i, p := range resp.Policies {
-		resp.Policies[i] = proto.CloneOf(p)
+		host, _ := parsePolicyName(p.GetName(), "name")
+		resp.Policies[i] = shown(host, p)
 	}
 	return resp
 }
@@ -209,7 +230,7 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 		s.gen--
 		return nil, err
 	}
-	return proto.CloneOf(stored), nil
+	return shown(host, stored), nil
 }
 
 // Delete removes a host policy; its hosts fall back to the next most

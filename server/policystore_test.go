@@ -30,10 +30,18 @@ func readPolicyFile(t *testing.T, path string) *pooldv1.ListPoliciesResponse {
 	return &got
 }
 
-// wantPolicyFileMatches checks that the policy file holds want, exactly.
+// wantPolicyFileMatches checks that the policy file holds what want shows,
+// exactly: the API shows the default policy with its built-in values
+// filled in, the file holds only what was set.
 func wantPolicyFileMatches(t *testing.T, path string, want *pooldv1.ListPoliciesResponse) {
 	t.Helper()
-	if diff := cmp.Diff(want, readPolicyFile(t, path), protocmp.Transform()); diff != "" {
+	file := readPolicyFile(t, path)
+	for i, p := range file.GetPolicies() {
+		if p.GetName() == defaultPolicyName {
+			file.Policies[i] = shown("", p)
+		}
+	}
+	if diff := cmp.Diff(want, file, protocmp.Transform()); diff != "" {
 		t.Errorf("policy file differs from ListPolicies (-list +file):\n%s", diff)
 	}
 }
@@ -110,7 +118,7 @@ func TestAMissingPolicyFileStartsFromTheBuiltInDefaults(t *testing.T) {
 	if len(list) != 1 || list[0].GetName() != defaultPolicyName || list[0].GetEtag() == "" {
 		t.Fatalf("policies of a fresh store = %v, want an empty default policy with an etag", list)
 	}
-	if diff := cmp.Diff(&pooldv1.Policy{Name: defaultPolicyName}, list[0], protocmp.Transform(), ignorePolicyVersion); diff != "" {
+	if diff := cmp.Diff(builtInDefault(), list[0], protocmp.Transform(), ignorePolicyVersion); diff != "" {
 		t.Errorf("default policy (-want +got):\n%s", diff)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
@@ -339,5 +347,22 @@ func TestAMemoryOnlyPolicyStoreWritesNothing(t *testing.T) {
 	}
 	if len(entries) != 0 {
 		t.Errorf("memory-only store wrote %v", entries)
+	}
+}
+
+// The API shows the default policy's built-in values, but the file keeps
+// only what an operator set: a built-in that changes in a later release
+// must reach every policy that never set it.
+func TestThePolicyFileKeepsOnlyWhatWasSet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.json")
+	h := newPolicyHarness(t, path)
+	shownPolicy := h.update(&pooldv1.Policy{Name: defaultPolicyName, MaxRetries: pu32(3)}, false)
+	if shownPolicy.GetDialTimeout() == nil || shownPolicy.GetMaxRetries() != 3 {
+		t.Errorf("UpdatePolicy returned %v, want max_retries 3 and the built-in values", shownPolicy)
+	}
+	file := readPolicyFile(t, path).GetPolicies()
+	want := &pooldv1.Policy{Name: defaultPolicyName, MaxRetries: pu32(3)}
+	if len(file) != 1 || !cmp.Equal(want, file[0], protocmp.Transform(), ignorePolicyVersion) {
+		t.Errorf("policy file holds %v, want only %v", file, want)
 	}
 }

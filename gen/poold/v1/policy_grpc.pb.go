@@ -38,8 +38,13 @@ const (
 // limit close, and TCP keep-alive is retuned on every open socket. With
 // --policy-file, every acknowledged change is on disk before the RPC returns.
 type PolicyServiceClient interface {
-	// GetPolicy returns one policy as stored: only the fields it sets.
-	// NOT_FOUND when no such policy exists.
+	// GetPolicy returns one policy. A host policy shows only the fields it
+	// sets (the rest it inherits). policies/default shows the values in
+	// force: the fields it sets, and the built-in value (given in each field's
+	// comment) of every field it leaves unset. What is stored does not change:
+	// an update still sets only what it names, so send an update_mask when
+	// writing back a policy read this way, or the built-in values it carries
+	// become set. NOT_FOUND when no such policy exists.
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*Policy, error)
 	// ListPolicies returns the default policy first, then host policies by
 	// name.
@@ -126,8 +131,13 @@ func (c *policyServiceClient) GetEffectivePolicy(ctx context.Context, in *GetEff
 // limit close, and TCP keep-alive is retuned on every open socket. With
 // --policy-file, every acknowledged change is on disk before the RPC returns.
 type PolicyServiceServer interface {
-	// GetPolicy returns one policy as stored: only the fields it sets.
-	// NOT_FOUND when no such policy exists.
+	// GetPolicy returns one policy. A host policy shows only the fields it
+	// sets (the rest it inherits). policies/default shows the values in
+	// force: the fields it sets, and the built-in value (given in each field's
+	// comment) of every field it leaves unset. What is stored does not change:
+	// an update still sets only what it names, so send an update_mask when
+	// writing back a policy read this way, or the built-in values it carries
+	// become set. NOT_FOUND when no such policy exists.
 	GetPolicy(context.Context, *GetPolicyRequest) (*Policy, error)
 	// ListPolicies returns the default policy first, then host policies by
 	// name.
