@@ -28,6 +28,7 @@ type config struct {
 	maxBuffered    byteSize
 	policyFile     string
 	debugListen    string
+	httpAPIListen  string
 	debugPublic    bool
 	upstreamCAFile string
 	metricsHosts   int
@@ -115,6 +116,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Var(&cfg.maxSendMsgSize, "max-send-msg-size", "largest gRPC message sent, e.g. 32MiB (default 32MiB)")
 	fs.Var(&cfg.maxBuffered, "max-buffered-bytes", "response body bytes Do and Pipeline hold at once across all callers; a body that does not fit fails with OVERLOADED (Stream is not counted; 0 = no bound) (default 1GiB)")
 	fs.Var(&cfg.maxBodySize, "max-body-size", "largest upstream response body Do returns; larger ones fail with BODY_TOO_LARGE (use Stream) (default 16MiB)")
+	fs.Func("http-api-listen", "address for the HTTP/JSON API (HTTPService.Do and the read-only pool and policy calls, as Connect unary POSTs), host:port (empty = off)", listenAddr(&cfg.httpAPIListen))
 	fs.Func("debug-listen", "address serving net/http/pprof for profiling, host:port on loopback (empty = off)", listenAddr(&cfg.debugListen))
 	fs.BoolVar(&cfg.debugPublic, "debug-listen-public", false, "allow --debug-listen on an address other hosts can reach")
 	fs.StringVar(&cfg.policyFile, "policy-file", "", "JSON file the policies are loaded from and every change is saved to (empty = policies live in memory only)")

@@ -65,6 +65,9 @@ type daemon struct {
 	// debugLis and debug serve pprof; nil without --debug-listen.
 	debugLis net.Listener
 	debug    *http.Server
+	// apiLis and api serve the HTTP/JSON API; nil without --http-api-listen.
+	apiLis net.Listener
+	api    *http.Server
 
 	tokenFiles []*server.TokenFile // reread on SIGHUP and when they change
 }
@@ -98,15 +101,28 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 			return nil, fmt.Errorf("--debug-listen %s: %w", cfg.debugListen, err)
 		}
 	}
+	var apiLis net.Listener
+	if cfg.httpAPIListen != "" {
+		if apiLis, err = net.Listen("tcp", cfg.httpAPIListen); err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			if debugLis != nil {
+				debugLis.Close()
+			}
+			return nil, fmt.Errorf("--http-api-listen %s: %w", cfg.httpAPIListen, err)
+		}
+	}
 	selfAddrs := []netip.AddrPort{listenAddrPort(grpcLis), listenAddrPort(httpLis)}
-	if debugLis != nil {
-		selfAddrs = append(selfAddrs, listenAddrPort(debugLis))
+	for _, l := range []net.Listener{debugLis, apiLis} {
+		if l != nil {
+			selfAddrs = append(selfAddrs, listenAddrPort(l))
+		}
 	}
 	closeListeners := func() {
-		grpcLis.Close()
-		httpLis.Close()
-		if debugLis != nil {
-			debugLis.Close()
+		for _, l := range []net.Listener{grpcLis, httpLis, debugLis, apiLis} {
+			if l != nil {
+				l.Close()
+			}
 		}
 	}
 	// poold must never be pointed at itself: its own listeners are denied
@@ -216,6 +232,19 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	if apiLis != nil {
+		h, err := srv.HTTPAPI()
+		if err != nil {
+			closeListeners()
+			return nil, err
+		}
+		d.apiLis = apiLis
+		d.api = &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		}
+	}
 	if debugLis != nil {
 		d.debugLis = debugLis
 		d.debug = &http.Server{
@@ -251,7 +280,7 @@ func (d *daemon) httpHandler(registry *prometheus.Registry) http.Handler {
 // gRPC drains under the grace period, and the HTTP endpoint closes last so
 // that scrapes see the drain.
 func (d *daemon) serve(ctx context.Context) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- d.grpc.GRPC.Serve(d.grpcLis) }()
 	go func() {
 		if err := d.http.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -260,6 +289,13 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
+	if d.api != nil {
+		go func() {
+			if err := d.api.Serve(d.apiLis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
 	if d.debug != nil {
 		go func() {
 			if err := d.debug.Serve(d.debugLis); !errors.Is(err, http.ErrServerClosed) {
@@ -279,6 +315,9 @@ func (d *daemon) serve(ctx context.Context) error {
 	}()
 	d.grpc.SetServing()
 	listening := []any{"grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String()}
+	if d.apiLis != nil {
+		listening = append(listening, "http_api", d.apiLis.Addr().String())
+	}
 	if d.debugLis != nil {
 		listening = append(listening, "debug", d.debugLis.Addr().String())
 	}
@@ -294,6 +333,10 @@ func (d *daemon) serve(ctx context.Context) error {
 
 	start := time.Now()
 	d.grpc.Shutdown(d.cfg.shutdownDelay, d.cfg.shutdownGrace)
+	if d.api != nil {
+		// Its calls were gRPC calls: the drain above has ended them.
+		d.api.Close()
+	}
 	// Only now that no RPC can use it does the engine close its conns.
 	if err := d.engine.Close(); err != nil {
 		d.logger.Warn("closing upstream connections", "err", err)

@@ -30,6 +30,7 @@ import (
 type testDaemon struct {
 	grpcAddr, httpAddr string
 	debugAddr          string // "" without --debug-listen
+	apiAddr            string // "" without --http-api-listen
 	conn               *grpc.ClientConn
 	done               chan error
 	cancel             context.CancelFunc
@@ -48,20 +49,23 @@ func startDaemon(t *testing.T, args ...string) *testDaemon {
 		pw.Close()
 		d.done <- err
 	}()
-	addrs := make(chan [3]string, 1)
+	addrs := make(chan [4]string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			var line struct{ Msg, GRPC, HTTP, Debug string }
+			var line struct {
+				Msg, GRPC, HTTP, Debug string
+				HTTPAPI                string `json:"http_api"`
+			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
-				addrs <- [3]string{line.GRPC, line.HTTP, line.Debug}
+				addrs <- [4]string{line.GRPC, line.HTTP, line.Debug, line.HTTPAPI}
 			}
 		}
 		io.Copy(io.Discard, pr)
 	}()
 	select {
 	case a := <-addrs:
-		d.grpcAddr, d.httpAddr, d.debugAddr = a[0], a[1], a[2]
+		d.grpcAddr, d.httpAddr, d.debugAddr, d.apiAddr = a[0], a[1], a[2], a[3]
 	case err := <-d.done:
 		t.Fatalf("daemon exited before listening: %v", err)
 	case <-time.After(10 * time.Second):
