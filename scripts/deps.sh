@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine may lack: nginx (the
-# real-world keep-alive upstream), curl, and the pinned Go tools.
+# real-world keep-alive upstream), curl, Node.js, Python's grpcio and PHP
+# with curl (the client examples), and the pinned Go tools.
 # Idempotent: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,10 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# The Python and PHP examples use Debian's packages, not pip or PECL.
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
+command -v php >/dev/null 2>&1 || missing+=(php-cli)
+php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || missing+=(php-curl)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     sudo=sudo
