@@ -79,7 +79,8 @@ func (d *Dialer) delay() time.Duration {
 	return defaultAttemptDelay
 }
 
-// Dial resolves t, checks every address against d.Egress, connects with
+// Dial resolves t, checks every address against d.Egress (or the checker
+// WithEgress put in ctx), connects with
 // happy eyeballs (through t.Proxy when set), sets keep-alive and, for a TLS
 // target, completes the handshake. A failure is an *Error naming the step.
 // On success the caller owns the returned Conn and must Close it.
@@ -147,7 +148,7 @@ func (d *Dialer) dialDirect(ctx context.Context, t Target, o Options, c *Conn, t
 	}
 	c.Resolved = addrs
 
-	allowed, err := d.allowed(t.Host, target, addrs, port)
+	allowed, err := d.allowed(d.egressFor(ctx), t.Host, target, addrs, port)
 	if err != nil {
 		return nil, err
 	}
@@ -166,12 +167,12 @@ func (d *Dialer) dialDirect(ctx context.Context, t Target, o Options, c *Conn, t
 // A denied address is skipped, not fatal, so a name with one forbidden
 // answer still reaches its others; only when none is left does the dial
 // fail, with the first denial as the reason.
-func (d *Dialer) allowed(host, target string, addrs []netip.Addr, port uint16) ([]netip.AddrPort, error) {
+func (d *Dialer) allowed(egress EgressChecker, host, target string, addrs []netip.Addr, port uint16) ([]netip.AddrPort, error) {
 	out := make([]netip.AddrPort, 0, len(addrs))
 	var denied *Error
 	for _, a := range interleave(addrs) {
 		ap := netip.AddrPortFrom(a, port)
-		if err := checkEgress(d.Egress, host, ap); err != nil {
+		if err := checkEgress(egress, host, ap); err != nil {
 			if denied == nil {
 				denied = newError(StepEgress, target, ap.String(), err)
 			}

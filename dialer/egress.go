@@ -1,6 +1,7 @@
 package dialer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -55,6 +56,24 @@ func (d *Denial) Error() string { return ErrEgressDenied.Error() + ": " + d.Deta
 
 // Is makes every Denial match ErrEgressDenied.
 func (d *Denial) Is(target error) bool { return target == ErrEgressDenied }
+
+// egressKey is the context key of WithEgress.
+type egressKey struct{}
+
+// WithEgress returns a context under which a dial is checked by c instead
+// of the Dialer's own Egress: the rules of the caller a dial is made for,
+// where callers have rules of their own.
+func WithEgress(ctx context.Context, c EgressChecker) context.Context {
+	return context.WithValue(ctx, egressKey{}, c)
+}
+
+// egressFor returns the checker for a dial under ctx.
+func (d *Dialer) egressFor(ctx context.Context) EgressChecker {
+	if c, ok := ctx.Value(egressKey{}).(EgressChecker); ok {
+		return c
+	}
+	return d.Egress
+}
 
 // checkEgress asks c about addr and makes sure a denial wraps
 // ErrEgressDenied even when a checker forgot to.

@@ -117,3 +117,28 @@ func TestEgressRulesDenyLoopbackByDefault(t *testing.T) {
 		t.Errorf("err = %v, want it to wrap %q", err, want)
 	}
 }
+
+// A checker in the dial's context replaces the Dialer's own: each caller's
+// rules decide its dials.
+func TestWithEgressReplacesTheDialersChecker(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	serve(t, ln, echo)
+	allowLo, err := NewEgressRules(EgressConfig{Allow: []string{"127.0.0.1/32"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtIn, err := NewEgressRules(EgressConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Dialer{Egress: allowLo}
+	target := Target{Host: "127.0.0.1", Port: portOf(ln.Addr())}
+	c, err := d.Dial(testContext(t), target, Options{})
+	if err != nil {
+		t.Fatalf("the Dialer's own rules allow loopback: %v", err)
+	}
+	c.Close()
+	if _, err := d.Dial(WithEgress(testContext(t), builtIn), target, Options{}); !errors.Is(err, ErrEgressDenied) {
+		t.Fatalf("under rules that deny loopback: %v, want a denial", err)
+	}
+}

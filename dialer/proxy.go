@@ -89,16 +89,17 @@ func (d *Dialer) dialProxy(ctx context.Context, t Target, o Options, c *Conn, ta
 // checkProxiedTarget applies the egress checker to the origin of a proxied
 // dial, as the EgressChecker doc describes, and records what it resolved.
 func (d *Dialer) checkProxiedTarget(ctx context.Context, t Target, c *Conn, target string, port uint16) error {
+	egress := d.egressFor(ctx)
 	host := trimBrackets(t.Host)
 	if ip, ok := parseIPLiteral(host); ok {
 		c.Resolved = []netip.Addr{ip}
 		ap := netip.AddrPortFrom(ip, port)
-		if err := checkEgress(d.Egress, t.Host, ap); err != nil {
+		if err := checkEgress(egress, t.Host, ap); err != nil {
 			return newError(StepEgress, target, ap.String(), err)
 		}
 		return nil
 	}
-	if d.Egress == nil {
+	if egress == nil {
 		return nil // nothing to check, so no reason to resolve what the proxy will
 	}
 	start := time.Now()
@@ -114,7 +115,7 @@ func (d *Dialer) checkProxiedTarget(ctx context.Context, t Target, c *Conn, targ
 	c.Resolved = addrs
 	for _, a := range addrs {
 		ap := netip.AddrPortFrom(a, port)
-		if err := checkEgress(d.Egress, t.Host, ap); err != nil {
+		if err := checkEgress(egress, t.Host, ap); err != nil {
 			return newError(StepEgress, target, ap.String(), err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,7 @@ type conn struct {
 	tlsState *tls.ConnectionState
 	local    string
 	remote   string
+	remoteAP netip.AddrPort // remote parsed, for egress re-checks; zero for a proxied or odd address
 	dns      time.Duration
 	connect  time.Duration
 	tlsTime  time.Duration
@@ -86,6 +88,9 @@ func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig) {
 	c.tlsState = dc.TLS
 	c.local = dc.LocalAddr().String()
 	c.remote = dc.RemoteAddr().String()
+	if ap, err := netip.ParseAddrPort(c.remote); err == nil {
+		c.remoteAP = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
 	c.dns, c.connect, c.tlsTime = dc.DNS, dc.Connect, dc.TLSHandshake
 	c.keepAlive = ka
 	c.proto = &http1{c: c}

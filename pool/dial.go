@@ -55,6 +55,9 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	defer cancel()
 	stop := context.AfterFunc(hp.e.ctx, cancel)
 	defer stop()
+	if hp.scope != nil {
+		ctx = dialer.WithEgress(ctx, hp.scope.checker())
+	}
 	t := dialer.Target{Host: hp.host, Port: hp.port, TLS: hp.scheme == "https", Proxy: hp.proxy}
 	if t.TLS {
 		t.NextProtos = []string{"http/1.1"}

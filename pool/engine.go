@@ -89,7 +89,12 @@ type policySnapshot struct {
 // origin is what a request's pool is looked up by, before the proxy (and
 // so the pool key) is known. A struct, so looking one up costs no
 // allocation.
-type origin struct{ scheme, host, port string }
+// origin is what a request's pool is routed by: where it goes, and under
+// which egress scope (nil for none).
+type origin struct {
+	scheme, host, port string
+	scope              *EgressScope
+}
 
 func newSnapshot(set PolicySet) *policySnapshot {
 	// MaxIdleConns lives only in the default policy, so any host that no
@@ -158,7 +163,7 @@ func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req.Body)
 		return nil, &Error{Phase: PhaseQueue, Host: scheme + "://" + hostPort(host, port), Err: ErrClosed}
 	}
-	hp, err := e.route(scheme, host, port)
+	hp, err := e.route(scheme, host, port, scopeFrom(req.Context()))
 	if err != nil {
 		closeBody(req.Body)
 		return nil, err
@@ -223,9 +228,9 @@ func closeBody(b io.Closer) {
 // route finds the pool for an origin under the current policy, creating it
 // on first use. The answer is cached per policy generation, since the
 // proxy (and so the key) follows from the policy.
-func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
+func (e *Engine) route(scheme, host, port string, scope *EgressScope) (*hostPool, error) {
 	snap := e.snap.Load()
-	o := origin{scheme, host, port}
+	o := origin{scheme, host, port, scope}
 	snap.routesMu.RLock()
 	hp := snap.routes[o]
 	snap.routesMu.RUnlock()
@@ -237,7 +242,7 @@ func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
 	if err != nil {
 		return nil, &Error{Phase: PhaseProxy, Host: scheme + "://" + hostPort(host, port), Err: err}
 	}
-	key := poolKey(scheme, hostPort(host, port), proxy)
+	key := scopedKey(poolKey(scheme, hostPort(host, port), proxy), scope)
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -250,6 +255,7 @@ func (e *Engine) route(scheme, host, port string) (*hostPool, error) {
 		// listed or born with the new policy.
 		cur := e.snap.Load()
 		hp = newHostPool(e, key, scheme, host, port, proxy, cur, cur.set.Resolve(host, port))
+		hp.scope = scope // before anyone else sees hp
 		e.hosts[key] = hp
 	}
 	e.mu.Unlock()

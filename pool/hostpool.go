@@ -22,8 +22,9 @@ type hostPool struct {
 	scheme string
 	host   string // lowercase, no brackets
 	port   string
-	addr   string   // host:port
-	proxy  *url.URL // nil when direct
+	addr   string       // host:port
+	proxy  *url.URL     // nil when direct
+	scope  *EgressScope // the egress rules its conns are dialled under; nil for the dialer's own
 
 	// viaHTTPProxy says requests go to the proxy itself, in absolute
 	// form; https goes through a CONNECT tunnel instead. proxyAuth is the
@@ -226,6 +227,8 @@ func (hp *hostPool) expiredLocked(c *conn, now time.Time) CloseReason {
 		return CloseMaxLifetime
 	case hp.eff.IdleConnTimeout > 0 && now.Sub(c.idleSince) >= hp.eff.IdleConnTimeout:
 		return CloseIdleTimeout
+	case hp.scope != nil && hp.proxy == nil && hp.scope.denies(hp.host, c.remoteAP):
+		return CloseEgress
 	}
 	return ""
 }
@@ -326,6 +329,8 @@ func (hp *hostPool) retireReasonLocked(c *conn, now time.Time) CloseReason {
 		return c.retire
 	case hp.closed:
 		return CloseShutdown
+	case hp.scope != nil && hp.proxy == nil && hp.scope.denies(hp.host, c.remoteAP):
+		return CloseEgress
 	case hp.eff.DisableKeepAlives:
 		return ClosePolicy
 	case hp.eff.MaxRequestsPerConn > 0 && c.requests.Load() >= uint64(hp.eff.MaxRequestsPerConn):

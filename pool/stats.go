@@ -22,12 +22,13 @@ const (
 	CloseDrain        CloseReason = "drain"         // CloseIdle or Drain
 	ClosePolicy       CloseReason = "policy"        // a policy change left no room for it
 	CloseShutdown     CloseReason = "shutdown"      // Close
+	CloseEgress       CloseReason = "egress_denied" // its scope's rules no longer allow its address
 )
 
 // closeReasons lists every CloseReason; counters are indexed by position.
 var closeReasons = [...]CloseReason{
 	CloseIdleTimeout, CloseMaxLifetime, CloseMaxRequests, CloseIdleLimit, CloseServerClosed,
-	CloseUnusable, CloseError, CloseCanceled, CloseDrain, ClosePolicy, CloseShutdown,
+	CloseUnusable, CloseError, CloseCanceled, CloseDrain, ClosePolicy, CloseShutdown, CloseEgress,
 }
 
 func reasonIndex(r CloseReason) int {

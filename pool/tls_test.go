@@ -39,7 +39,7 @@ func TestAnUnusedTLSConnIsNotMistakenForDeadByPostHandshakeMessages(t *testing.T
 	// after the client's handshake is done and waits on the socket.
 	u := newTLSUpstream(t, ca, respond("ok"), func(c *tls.Config) { c.ClientAuth = tls.RequestClientCert })
 	e := newTestEngine(t, Options{Dialer: ca.dialer()})
-	hp, err := e.route("https", "127.0.0.1", u.host[strings.LastIndex(u.host, ":")+1:])
+	hp, err := e.route("https", "127.0.0.1", u.host[strings.LastIndex(u.host, ":")+1:], nil)
 	if err != nil {
 		t.Fatal(err)
 	}
