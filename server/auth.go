@@ -22,12 +22,14 @@ import (
 )
 
 // TokenFile is a set of bearer tokens read from a file, one per line (blank
-// lines and lines starting with # are ignored). Reload and ReloadIfChanged
-// swap in a new set atomically, so tokens rotate without a restart and a
-// request never sees a half-read file.
+// lines and lines starting with # are ignored). A line NAME:TOKEN names its
+// token: NAME (letters, digits, '.', '_' and '-') is the caller's identity
+// for egress rule sets, "token:NAME"; a line without a colon is an unnamed
+// token. Reload and ReloadIfChanged swap in a new set atomically, so tokens
+// rotate without a restart and a request never sees a half-read file.
 type TokenFile struct {
 	path   string
-	tokens atomic.Pointer[[][]byte]
+	tokens atomic.Pointer[[]namedToken]
 
 	mu      sync.Mutex // guards the following fields and serializes reloads
 	modTime time.Time
@@ -78,14 +80,24 @@ func (f *TokenFile) reloadLocked() error {
 	if err != nil {
 		return fmt.Errorf("token file %s: %w", f.path, err)
 	}
-	var tokens [][]byte
+	var tokens []namedToken
 	sc := bufio.NewScanner(bytes.NewReader(raw))
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		tokens = append(tokens, []byte(line))
+		name, token, named := strings.Cut(line, ":")
+		if !named {
+			name, token = "", line
+		}
+		if named && !validTokenName(name) {
+			return fmt.Errorf("token file %s: line %d: %q is not a token name (letters, digits, '.', '_' and '-')", f.path, n, name)
+		}
+		if token == "" {
+			return fmt.Errorf("token file %s: line %d: no token after the name", f.path, n)
+		}
+		tokens = append(tokens, namedToken{name: name, token: []byte(token)})
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("token file %s: %w", f.path, err)
@@ -98,15 +110,44 @@ func (f *TokenFile) reloadLocked() error {
 	return nil
 }
 
-// Valid reports whether token is one of the file's. It compares against
-// every token in constant time, so timing reveals neither the token nor
-// which one matched.
-func (f *TokenFile) Valid(token string) bool {
-	ok := 0
-	for _, t := range *f.tokens.Load() {
-		ok |= subtle.ConstantTimeCompare(t, []byte(token))
+// namedToken is one line of a token file.
+type namedToken struct {
+	name  string // "" for an unnamed token
+	token []byte
+}
+
+// validTokenName reports whether name may name a token.
+func validTokenName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
 	}
-	return ok == 1
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Valid reports whether token is one of the file's.
+func (f *TokenFile) Valid(token string) bool {
+	_, ok := f.Lookup(token)
+	return ok
+}
+
+// Lookup reports whether token is one of the file's, and its name ("" for
+// an unnamed one). It compares against every token in constant time, so
+// timing reveals neither the token nor which one matched.
+func (f *TokenFile) Lookup(token string) (name string, ok bool) {
+	match := -1
+	for i, t := range *f.tokens.Load() {
+		eq := subtle.ConstantTimeCompare(t.token, []byte(token))
+		match = subtle.ConstantTimeSelect(eq, i, match)
+	}
+	if match < 0 {
+		return "", false
+	}
+	return (*f.tokens.Load())[match].name, true
 }
 
 // authRule guards the services it names with tokens.
@@ -147,8 +188,12 @@ func tokenCheck(tokens *TokenFile) auth.AuthFunc {
 			}
 			return nil, err
 		}
-		if !tokens.Valid(token) {
+		name, ok := tokens.Lookup(token)
+		if !ok {
 			return nil, status.Error(codes.PermissionDenied, "bearer token not accepted")
+		}
+		if name != "" {
+			ctx = withTokenName(ctx, name)
 		}
 		return ctx, nil
 	}

@@ -67,6 +67,8 @@ type HTTPServer struct {
 	reveal        bool
 	budget        *byteBudget
 
+	egress *egressRegistry // nil: the dialer's own egress rules apply
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 }
@@ -118,6 +120,9 @@ func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (_ *pooldv1.
 	ctx, cancel := requestContext(ctx, in.GetTimeout())
 	if cancel != nil {
 		defer cancel()
+	}
+	if sc := s.egress.scopeFor(ctx); sc != nil {
+		ctx = pool.WithEgressScope(ctx, sc)
 	}
 	req, err := newUpstreamRequest(ctx, in)
 	if err != nil {

@@ -51,6 +51,10 @@ type PolicyStore struct {
 	// cur is the latest committed snapshot. Readers load it without mu and
 	// so never wait behind a file write.
 	cur atomic.Pointer[policySnapshot]
+
+	// applyEgress hands the egress rule sets to whoever enforces them; nil
+	// until UseEgress. Guarded by mu.
+	applyEgress func([]*pooldv1.EgressRuleSet) error
 }
 
 // policySnapshot is one state of the store. It is never changed once
@@ -61,6 +65,37 @@ type policySnapshot struct {
 	// set.Hosts with "" for the default policy: only the fields set, plus
 	// name, etag and (once changed) update_time.
 	policies map[string]*pooldv1.Policy
+	// egress holds the egress rule sets by id ("default" for the default
+	// one), in resource form with etag and update time.
+	egress map[string]*pooldv1.EgressRuleSet
+	// egressFromFlags says the default rule set is the daemon's flags, not
+	// one saved: it is not written to the file, so the flags keep working
+	// until the default is changed over the API.
+	egressFromFlags bool
+}
+
+// clone returns a copy of snap that can be changed into the next one; the
+// resources are shared, as they are never changed in place.
+func (snap *policySnapshot) clone() *policySnapshot {
+	next := *snap
+	next.policies = maps.Clone(snap.policies)
+	next.egress = maps.Clone(snap.egress)
+	if next.egress == nil {
+		next.egress = map[string]*pooldv1.EgressRuleSet{}
+	}
+	return &next
+}
+
+// file is what the policy file holds for snap.
+func (snap *policySnapshot) file() *pooldv1.PolicyFile {
+	f := &pooldv1.PolicyFile{Policies: snap.list().GetPolicies()}
+	for _, rs := range snap.egressList() {
+		if rs.GetName() == defaultEgressName && snap.egressFromFlags {
+			continue
+		}
+		f.EgressRuleSets = append(f.EgressRuleSets, rs)
+	}
+	return f
 }
 
 // OpenPolicyStore loads the policies saved at path and applies them with
@@ -271,25 +306,36 @@ func (s *PolicyStore) commitLocked(old, next *policySnapshot) error {
 	if err := s.apply(next.set); err != nil {
 		return applyStatus(err)
 	}
-	if s.path != "" {
-		if renamed, err := writePolicyFile(s.path, next.list()); err != nil {
-			msg := fmt.Sprintf("policy not changed: saving %s: %v", s.path, err)
-			if rerr := s.apply(old.set); rerr != nil {
-				msg += fmt.Sprintf("; restoring the previous policies also failed: %v", rerr)
-			}
-			if renamed {
-				// The new file is in place but may not survive a crash;
-				// put the old contents back so a restart loads what
-				// callers were told is current.
-				if _, werr := writePolicyFile(s.path, old.list()); werr != nil {
-					msg += fmt.Sprintf("; restoring the previous file also failed: %v", werr)
-				}
-			}
-			return policyStatus(codes.Internal, ReasonPolicyNotSaved, "", msg)
+	if err := s.saveLocked(old, next); err != nil {
+		if rerr := s.apply(old.set); rerr != nil {
+			return fmt.Errorf("%w; restoring the previous policies also failed: %v", err, rerr)
 		}
+		return err
 	}
 	s.cur.Store(next)
 	return nil
+}
+
+// saveLocked writes next to the policy file, if there is one. If that
+// fails the file is left holding old (restored if the new contents were
+// already in place), so that a restart loads what callers were told is
+// current.
+func (s *PolicyStore) saveLocked(old, next *policySnapshot) error {
+	if s.path == "" {
+		return nil
+	}
+	renamed, err := writePolicyFile(s.path, next.file())
+	if err == nil {
+		return nil
+	}
+	msg := fmt.Sprintf("not changed: saving %s: %v", s.path, err)
+	if renamed {
+		// The new file is in place but may not survive a crash.
+		if _, werr := writePolicyFile(s.path, old.file()); werr != nil {
+			msg += fmt.Sprintf("; restoring the previous file also failed: %v", werr)
+		}
+	}
+	return policyStatus(codes.Internal, ReasonPolicyNotSaved, "", msg)
 }
 
 // list returns the snapshot's policies in List order, shared, not copied.
@@ -365,14 +411,36 @@ func policyStatus(code codes.Code, reason, name, msg string) error {
 // touch, hold no policies. Errors name the policy and the field at fault,
 // all of them at once, so that one edit fixes the file.
 func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
-	var file pooldv1.ListPoliciesResponse
+	// A PolicyFile; a file written before egress rule sets were saved is
+	// a ListPoliciesResponse, which reads the same.
+	var file pooldv1.PolicyFile
 	if len(bytes.TrimSpace(data)) > 0 {
 		if err := protojson.Unmarshal(data, &file); err != nil {
 			return nil, 0, err
 		}
 	}
-	snap := &policySnapshot{policies: map[string]*pooldv1.Policy{}}
+	snap := &policySnapshot{policies: map[string]*pooldv1.Policy{}, egress: map[string]*pooldv1.EgressRuleSet{}}
 	var problems []string
+	for i, rs := range file.GetEgressRuleSets() {
+		id, v := parseEgressName(rs.GetName(), "name")
+		switch {
+		case v != nil:
+			problems = append(problems, fmt.Sprintf("egress_rule_sets[%d] (%q): name: %s", i, rs.GetName(), v.Reason))
+			continue
+		case snap.egress[id] != nil:
+			problems = append(problems, fmt.Sprintf("%s: listed twice", rs.GetName()))
+			continue
+		}
+		if t := rs.GetUpdateTime(); t != nil && t.CheckValid() != nil {
+			problems = append(problems, fmt.Sprintf("%s: update_time: not a valid timestamp", rs.GetName()))
+		}
+		snap.egress[id] = rs
+	}
+	for id, rs := range snap.egress {
+		for _, v := range egressViolations(id, rs, snap.egress, "") {
+			problems = append(problems, fmt.Sprintf("%s: %s: %s", rs.GetName(), v.Field, v.Reason))
+		}
+	}
 	for i, p := range file.GetPolicies() {
 		host, v := parsePolicyName(p.GetName(), "name")
 		if v != nil {
@@ -439,6 +507,18 @@ func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
 		gen++
 		snap.policies[host].Etag = policyEtag(gen, snap.policies[host])
 	}
+	var staleSets []string
+	for _, id := range slices.Sorted(maps.Keys(snap.egress)) {
+		if version, ok := etagVersion(snap.egress[id]); ok {
+			gen = max(gen, version)
+		} else {
+			staleSets = append(staleSets, id)
+		}
+	}
+	for _, id := range staleSets {
+		gen++
+		snap.egress[id].Etag = resourceEtag(gen, snap.egress[id])
+	}
 	return snap, gen, nil
 }
 
@@ -447,12 +527,23 @@ func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
 // etag. The hash lets a loaded etag be checked against its policy; the
 // update time in it keeps a policy deleted and made again with the same
 // settings from reviving an etag handed out before.
-func policyEtag(version uint64, p *pooldv1.Policy) string {
-	c := proto.CloneOf(p)
-	c.Etag = ""
+func policyEtag(version uint64, p *pooldv1.Policy) string { return resourceEtag(version, p) }
+
+// etagged is a resource with an etag: a policy or an egress rule set.
+type etagged interface {
+	proto.Message
+	GetEtag() string
+}
+
+// resourceEtag is policyEtag for any resource: r's etag field is left out
+// of the hash.
+func resourceEtag(version uint64, r etagged) string {
+	c := proto.Clone(r)
+	m := c.ProtoReflect()
+	m.Clear(m.Descriptor().Fields().ByName("etag"))
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
 	if err != nil {
-		panic("server: internal error: marshalling a policy: " + err.Error())
+		panic("server: internal error: marshalling a resource: " + err.Error())
 	}
 	h := sha256.New()
 	h.Write(binary.BigEndian.AppendUint64(nil, version))
@@ -462,13 +553,13 @@ func policyEtag(version uint64, p *pooldv1.Policy) string {
 
 // etagVersion returns the version in p's etag when the etag is one
 // policyEtag made for p as it is now.
-func etagVersion(p *pooldv1.Policy) (uint64, bool) {
+func etagVersion(p etagged) (uint64, bool) {
 	v, _, ok := strings.Cut(p.GetEtag(), "-")
 	if !ok {
 		return 0, false
 	}
 	version, err := strconv.ParseUint(v, 10, 64)
-	if err != nil || policyEtag(version, p) != p.GetEtag() {
+	if err != nil || resourceEtag(version, p) != p.GetEtag() {
 		return 0, false
 	}
 	return version, true
@@ -494,8 +585,8 @@ func checkPolicyDir(path string) error {
 // the file is renamed over path; syncing the directory then makes the
 // rename itself durable. A temporary file left by a crash is never read.
 // renamed reports that path holds the new contents even though err is set.
-func writePolicyFile(path string, list *pooldv1.ListPoliciesResponse) (renamed bool, err error) {
-	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(list)
+func writePolicyFile(path string, contents *pooldv1.PolicyFile) (renamed bool, err error) {
+	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(contents)
 	if err != nil {
 		return false, err
 	}

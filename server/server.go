@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime/debug"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/poold/poold/dialer"
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
 	"github.com/poold/poold/pool"
 )
@@ -63,6 +65,11 @@ type Config struct {
 	// MaxBufferedBytes bounds the response bodies Do and Pipeline hold at
 	// once; see HTTPOptions.
 	MaxBufferedBytes int64
+	// Egress, when set, turns on egress rule sets per caller
+	// (EgressService): Default is the default rule set until one is saved
+	// over the API, and SelfAddrs are poold's listeners, denied under
+	// every rule set. Without it the engine's dialer rules apply to all.
+	Egress *EgressOptions
 	// Transport tunes the HTTP/2 server under the gRPC services.
 	Transport Transport
 	// AdminTokens, when set, guard PoolService and PolicyService.
@@ -80,6 +87,7 @@ var (
 	adminServiceNames = map[string]bool{
 		pooldv1.PoolService_ServiceDesc.ServiceName:   true,
 		pooldv1.PolicyService_ServiceDesc.ServiceName: true,
+		pooldv1.EgressService_ServiceDesc.ServiceName: true,
 	}
 )
 
@@ -99,6 +107,12 @@ type Keepalive struct {
 	// Time is how long a connection may be silent before the server pings it;
 	// Timeout is how long the server waits for the ping's answer.
 	Time, Timeout time.Duration
+}
+
+// EgressOptions configure egress rule sets; see Config.Egress.
+type EgressOptions struct {
+	Default   dialer.EgressConfig
+	SelfAddrs []netip.AddrPort
 }
 
 // Server is poold's gRPC server with its health service.
@@ -201,6 +215,14 @@ func New(cfg Config) (*Server, error) {
 		MaxBufferedBytes:  cfg.MaxBufferedBytes,
 		failures:          reasons,
 	})
+	if cfg.Egress != nil {
+		registry := newEgressRegistry(cfg.Egress.SelfAddrs)
+		if err := cfg.Policies.UseEgress(EgressRuleSetFrom(cfg.Egress.Default), registry.apply); err != nil {
+			return nil, fmt.Errorf("server: egress rule sets: %w", err)
+		}
+		httpServer.egress = registry
+		pooldv1.RegisterEgressServiceServer(s, NewEgressServer(cfg.Policies))
+	}
 	pooldv1.RegisterHTTPServiceServer(s, httpServer)
 	pooldv1.RegisterPoolServiceServer(s, NewPoolServer(cfg.Engine))
 	pooldv1.RegisterPolicyServiceServer(s, NewPolicyServer(cfg.Policies))

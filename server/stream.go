@@ -64,6 +64,9 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 	if cancel != nil {
 		defer cancel()
 	}
+	if sc := s.egress.scopeFor(ctx); sc != nil {
+		ctx = pool.WithEgressScope(ctx, sc)
+	}
 	req = req.WithContext(ctx)
 	body := newStreamBody(declared)
 	body.attach(req)

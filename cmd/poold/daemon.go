@@ -127,13 +127,18 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	}
 	// poold must never be pointed at itself: its own listeners are denied
 	// whatever the rules say.
-	egress, err := dialer.NewEgressRules(dialer.EgressConfig{
+	egressFlags := dialer.EgressConfig{
 		Allow:        cfg.egressAllow,
 		Deny:         cfg.egressDeny,
 		DefaultDeny:  cfg.egressDefaultDeny,
 		AllowedPorts: cfg.egressPorts,
-		SelfAddrs:    selfAddrs,
-	})
+	}
+	withSelf := egressFlags
+	withSelf.SelfAddrs = selfAddrs
+	// The dialer's own rules are the flags'; every HTTPService request
+	// runs under its caller's rule set (EgressService), which starts as
+	// the same flags.
+	egress, err := dialer.NewEgressRules(withSelf)
 	if err != nil {
 		closeListeners()
 		return nil, &usageError{msg: fmt.Sprintf("--egress-allow/--egress-deny: %v", err)}
@@ -191,6 +196,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		}
 	}
 	srv, err := server.New(server.Config{
+		Egress:               &server.EgressOptions{Default: egressFlags, SelfAddrs: selfAddrs},
 		AdminTokens:          adminTokens,
 		ClientTokens:         clientTokens,
 		TLS:                  listenerTLS,
