@@ -2,9 +2,7 @@ package server
 
 import (
 	"crypto/tls"
-	"net"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
@@ -37,25 +35,12 @@ func TestEgressRuleSetsBindClientCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	engine, err := pool.New(pool.Options{Proxy: func(*url.URL) (*url.URL, error) { return nil, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer engine.Close()
-	store, err := OpenPolicyStore("", engine.SetPolicies, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	engine, store := newEngineAndStore(t, pool.Options{}, "")
 	srv, err := New(Config{Engine: engine, Policies: store, TLS: lt, Egress: &EgressOptions{Default: dialer.EgressConfig{}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.GRPC.Serve(lis)
-	defer srv.Stop(time.Second)
+	addr, _, _ := serveTest(t, srv, credentials.NewTLS(&tls.Config{RootCAs: ca.Pool}))
 	ctx := testContext(t)
 	if _, err := store.UpdateEgress(ctx, &pooldv1.EgressRuleSet{
 		Name: "egressRuleSets/billing", Allow: []string{"127.0.0.1/32"}, Callers: []string{"cert:billing.clients.example"},
@@ -71,7 +56,7 @@ func TestEgressRuleSetsBindClientCertificates(t *testing.T) {
 		{"reports.clients.example", codes.PermissionDenied},
 	} {
 		clientCert := ca.Certificate(t, 200, tc.name)
-		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 			RootCAs: ca.Pool, Certificates: []tls.Certificate{clientCert},
 		})))
 		if err != nil {

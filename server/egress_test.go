@@ -2,17 +2,12 @@ package server
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -31,14 +26,7 @@ type egressDaemon struct {
 
 func startEgressDaemon(t *testing.T, policyFile string, clients, admins *TokenFile) *egressDaemon {
 	t.Helper()
-	engine, err := pool.New(pool.Options{Proxy: func(*url.URL) (*url.URL, error) { return nil, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := OpenPolicyStore(policyFile, engine.SetPolicies, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	engine, store := newEngineAndStore(t, pool.Options{}, policyFile)
 	srv, err := New(Config{
 		Engine: engine, Policies: store, ClientTokens: clients, AdminTokens: admins,
 		// The flags' default: built-in denies only, so loopback is denied.
@@ -47,25 +35,7 @@ func startEgressDaemon(t *testing.T, policyFile string, clients, admins *TokenFi
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.GRPC.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop(time.Second)
-		<-served
-		_ = engine.Close()
-	})
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
+	_, cc, _ := serveTest(t, srv, nil)
 	return &egressDaemon{http: pooldv1.NewHTTPServiceClient(cc), egress: pooldv1.NewEgressServiceClient(cc)}
 }
 

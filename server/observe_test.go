@@ -4,18 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
 	"github.com/poold/poold/pool"
@@ -63,15 +58,7 @@ func newObservedServer(t *testing.T, level slog.Level, accessLog bool) (pooldv1.
 // proxy from the environment, whatever opts say) and RevealErrorDetail.
 func newObservedServerWith(t *testing.T, level slog.Level, accessLog bool, opts pool.Options, reveal bool) (pooldv1.HTTPServiceClient, *syncBuffer, *prometheus.Registry) {
 	t.Helper()
-	opts.Proxy = func(*url.URL) (*url.URL, error) { return nil, nil }
-	engine, err := pool.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := OpenPolicyStore("", engine.SetPolicies, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	engine, store := newEngineAndStore(t, opts, "")
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
 	srv, err := New(Config{
@@ -87,25 +74,7 @@ func newObservedServerWith(t *testing.T, level slog.Level, accessLog bool, opts 
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.GRPC.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop(time.Second)
-		<-served
-		_ = engine.Close()
-	})
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
+	_, cc, _ := serveTest(t, srv, nil)
 	return pooldv1.NewHTTPServiceClient(cc), logs, reg
 }
 

@@ -1,16 +1,12 @@
 package server
 
 import (
-	"net"
 	"net/http"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
@@ -33,33 +29,12 @@ func TestShutdownDrainsAnOpenPipeline(t *testing.T) {
 		w.Write([]byte("done"))
 	})
 
-	engine, err := pool.New(pool.Options{Proxy: func(*url.URL) (*url.URL, error) { return nil, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer engine.Close()
-	store, err := OpenPolicyStore("", engine.SetPolicies, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	engine, store := newEngineAndStore(t, pool.Options{}, "")
 	srv, err := New(Config{Engine: engine, Policies: store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.GRPC.Serve(lis)
-	}()
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	_, cc, served := serveTest(t, srv, nil)
 
 	ctx := testContext(t)
 	stream, err := pooldv1.NewHTTPServiceClient(cc).Pipeline(ctx)

@@ -192,6 +192,19 @@ func (o *options) dial() (*client, error) {
 	return &client{conn: conn, token: token, pools: pooldv1.NewPoolServiceClient(conn), policy: pooldv1.NewPolicyServiceClient(conn)}, nil
 }
 
+// unary dials poold and runs f with the client and a context for one
+// call, then hangs up.
+func (o *options) unary(ctx context.Context, f func(c *client, ctx context.Context) error) error {
+	c, err := o.dial()
+	if err != nil {
+		return err
+	}
+	defer c.conn.Close()
+	cctx, cancel := c.call(ctx, o.timeout)
+	defer cancel()
+	return f(c, cctx)
+}
+
 // call returns a context for one call: bounded, with the token.
 func (c *client) call(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	if c.token != "" {

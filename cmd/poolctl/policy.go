@@ -35,18 +35,13 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 		Short: "Show a policy (NAME: default, a host, or policies/...)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, err := o.dial()
-			if err != nil {
-				return err
-			}
-			defer c.conn.Close()
-			cctx, cancel := c.call(ctx, o.timeout)
-			defer cancel()
-			p, err := c.policy.GetPolicy(cctx, &pooldv1.GetPolicyRequest{Name: policyName(args[0])})
-			if err != nil {
-				return err
-			}
-			return show(p)
+			return o.unary(ctx, func(c *client, cctx context.Context) error {
+				p, err := c.policy.GetPolicy(cctx, &pooldv1.GetPolicyRequest{Name: policyName(args[0])})
+				if err != nil {
+					return err
+				}
+				return show(p)
+			})
 		},
 	}
 	list := &cobra.Command{
@@ -54,22 +49,17 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 		Short: "List every policy",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			c, err := o.dial()
-			if err != nil {
-				return err
-			}
-			defer c.conn.Close()
-			cctx, cancel := c.call(ctx, o.timeout)
-			defer cancel()
-			resp, err := c.policy.ListPolicies(cctx, &pooldv1.ListPoliciesRequest{})
-			if err != nil {
-				return err
-			}
-			return o.show(resp, func(w io.Writer) {
-				fmt.Fprintln(w, "NAME\tETAG\tSETS")
-				for _, p := range resp.GetPolicies() {
-					fmt.Fprintf(w, "%s\t%s\t%s\n", p.GetName(), p.GetEtag(), strings.Join(setFields(p), ","))
+			return o.unary(ctx, func(c *client, cctx context.Context) error {
+				resp, err := c.policy.ListPolicies(cctx, &pooldv1.ListPoliciesRequest{})
+				if err != nil {
+					return err
 				}
+				return o.show(resp, func(w io.Writer) {
+					fmt.Fprintln(w, "NAME\tETAG\tSETS")
+					for _, p := range resp.GetPolicies() {
+						fmt.Fprintf(w, "%s\t%s\t%s\n", p.GetName(), p.GetEtag(), strings.Join(setFields(p), ","))
+					}
+				})
 			})
 		},
 	}
@@ -126,18 +116,13 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 		Short: "Delete a host policy",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, err := o.dial()
-			if err != nil {
-				return err
-			}
-			defer c.conn.Close()
-			cctx, cancel := c.call(ctx, o.timeout)
-			defer cancel()
-			if _, err := c.policy.DeletePolicy(cctx, &pooldv1.DeletePolicyRequest{Name: policyName(args[0])}); err != nil {
-				return err
-			}
-			fmt.Fprintln(o.stdout, "deleted", policyName(args[0]))
-			return nil
+			return o.unary(ctx, func(c *client, cctx context.Context) error {
+				if _, err := c.policy.DeletePolicy(cctx, &pooldv1.DeletePolicyRequest{Name: policyName(args[0])}); err != nil {
+					return err
+				}
+				fmt.Fprintln(o.stdout, "deleted", policyName(args[0]))
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(get, list, set, del)
@@ -150,18 +135,13 @@ func effectiveCmd(ctx context.Context, o *options) *cobra.Command {
 		Short: "Show the policy in force for a host (host or host:port)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, err := o.dial()
-			if err != nil {
-				return err
-			}
-			defer c.conn.Close()
-			cctx, cancel := c.call(ctx, o.timeout)
-			defer cancel()
-			p, err := c.policy.GetEffectivePolicy(cctx, &pooldv1.GetEffectivePolicyRequest{Host: args[0]})
-			if err != nil {
-				return err
-			}
-			return o.show(p, func(w io.Writer) { writePolicy(w, p) })
+			return o.unary(ctx, func(c *client, cctx context.Context) error {
+				p, err := c.policy.GetEffectivePolicy(cctx, &pooldv1.GetEffectivePolicyRequest{Host: args[0]})
+				if err != nil {
+					return err
+				}
+				return o.show(p, func(w io.Writer) { writePolicy(w, p) })
+			})
 		},
 	}
 }

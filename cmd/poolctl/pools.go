@@ -104,19 +104,14 @@ func drainCmd(ctx context.Context, o *options) *cobra.Command {
 		Short: "Close a host's idle connections and retire its active ones after their response",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, err := o.dial()
-			if err != nil {
-				return err
-			}
-			defer c.conn.Close()
-			cctx, cancel := c.call(ctx, o.timeout)
-			defer cancel()
-			resp, err := c.pools.DrainConnections(cctx, &pooldv1.DrainConnectionsRequest{Host: args[0]})
-			if err != nil {
-				return err
-			}
-			return o.show(resp, func(w io.Writer) {
-				fmt.Fprintf(w, "closed %d idle, %d draining\n", resp.GetClosedIdle(), resp.GetDraining())
+			return o.unary(ctx, func(c *client, cctx context.Context) error {
+				resp, err := c.pools.DrainConnections(cctx, &pooldv1.DrainConnectionsRequest{Host: args[0]})
+				if err != nil {
+					return err
+				}
+				return o.show(resp, func(w io.Writer) {
+					fmt.Fprintf(w, "closed %d idle, %d draining\n", resp.GetClosedIdle(), resp.GetDraining())
+				})
 			})
 		},
 	}
