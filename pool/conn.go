@@ -42,10 +42,13 @@ type conn struct {
 	local    string
 	remote   string
 	remoteAP netip.AddrPort // remote parsed, for egress re-checks; zero for a proxied or odd address
-	dns      time.Duration
-	connect  time.Duration
-	tlsTime  time.Duration
-	proto    protoConn
+	// egressGen is 1 + the generation of its scope's rules that last
+	// allowed it; 0 until checked. Guarded by hp.mu.
+	egressGen uint64
+	dns       time.Duration
+	connect   time.Duration
+	tlsTime   time.Duration
+	proto     protoConn
 
 	requests     atomic.Uint64 // requests started on it
 	bytesRead    atomic.Uint64

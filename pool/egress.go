@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"net/netip"
 	"sync/atomic"
 
 	"github.com/poold/poold/dialer"
@@ -21,8 +20,13 @@ type EgressScope struct {
 	rules atomic.Pointer[scopeRules]
 }
 
-// scopeRules boxes a checker, which atomic.Pointer needs as a concrete type.
-type scopeRules struct{ checker dialer.EgressChecker }
+// scopeRules is one version of a scope's rules. gen tells versions apart,
+// so that a conn is checked again only when the rules changed since it was
+// last checked, not on every request.
+type scopeRules struct {
+	checker dialer.EgressChecker
+	gen     uint64
+}
 
 // NewEgressScope returns a scope named name (part of its pools' keys; ""
 // keeps the keys as they are without a scope) checked by c.
@@ -36,15 +40,30 @@ func NewEgressScope(name string, c dialer.EgressChecker) *EgressScope {
 func (s *EgressScope) Name() string { return s.name }
 
 // Set replaces the scope's rules.
-func (s *EgressScope) Set(c dialer.EgressChecker) { s.rules.Store(&scopeRules{checker: c}) }
+func (s *EgressScope) Set(c dialer.EgressChecker) {
+	var gen uint64
+	if old := s.rules.Load(); old != nil {
+		gen = old.gen + 1
+	}
+	s.rules.Store(&scopeRules{checker: c, gen: gen})
+}
 
 // checker returns the rules in force.
 func (s *EgressScope) checker() dialer.EgressChecker { return s.rules.Load().checker }
 
-// denies reports whether the scope's rules in force refuse host at addr.
-func (s *EgressScope) denies(host string, addr netip.AddrPort) bool {
-	c := s.checker()
-	return c != nil && addr.IsValid() && c.CheckEgress(host, addr) != nil
+// deniesConn reports whether the rules in force refuse c (of a pool for
+// host), checking it only when the rules changed since it was last
+// checked. The conn's pool lock is held.
+func (s *EgressScope) deniesConn(host string, c *conn) bool {
+	r := s.rules.Load()
+	if c.egressGen == r.gen+1 {
+		return false // allowed by these very rules already
+	}
+	if r.checker != nil && c.remoteAP.IsValid() && r.checker.CheckEgress(host, c.remoteAP) != nil {
+		return true
+	}
+	c.egressGen = r.gen + 1
+	return false
 }
 
 // scopeKey is the context key of WithEgressScope.

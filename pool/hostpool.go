@@ -227,7 +227,7 @@ func (hp *hostPool) expiredLocked(c *conn, now time.Time) CloseReason {
 		return CloseMaxLifetime
 	case hp.eff.IdleConnTimeout > 0 && now.Sub(c.idleSince) >= hp.eff.IdleConnTimeout:
 		return CloseIdleTimeout
-	case hp.scope != nil && hp.proxy == nil && hp.scope.denies(hp.host, c.remoteAP):
+	case hp.scope != nil && hp.proxy == nil && hp.scope.deniesConn(hp.host, c):
 		return CloseEgress
 	}
 	return ""
@@ -329,7 +329,7 @@ func (hp *hostPool) retireReasonLocked(c *conn, now time.Time) CloseReason {
 		return c.retire
 	case hp.closed:
 		return CloseShutdown
-	case hp.scope != nil && hp.proxy == nil && hp.scope.denies(hp.host, c.remoteAP):
+	case hp.scope != nil && hp.proxy == nil && hp.scope.deniesConn(hp.host, c):
 		return CloseEgress
 	case hp.eff.DisableKeepAlives:
 		return ClosePolicy
