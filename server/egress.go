@@ -58,9 +58,13 @@ func (s *EgressServer) DeleteEgressRuleSet(_ context.Context, req *pooldv1.Delet
 type egressRegistry struct {
 	self []netip.AddrPort // poold's listeners, denied under every rule set
 
-	mu     sync.Mutex // serializes apply
-	scopes map[string]*pool.EgressScope
-	state  atomic.Pointer[egressState]
+	mu sync.Mutex // serializes apply
+	// scopes holds every scope ever made, by rule set name, deleted ones
+	// too: a rule set made again under the same name must get the same
+	// scope, since the engine keys its pools by the scope's name.
+	scopes  map[string]*pool.EgressScope
+	deleted map[string]bool
+	state   atomic.Pointer[egressState]
 }
 
 // egressState is one version of the bindings; never changed once stored.
@@ -70,7 +74,7 @@ type egressState struct {
 }
 
 func newEgressRegistry(self []netip.AddrPort) *egressRegistry {
-	return &egressRegistry{self: self, scopes: map[string]*pool.EgressScope{}}
+	return &egressRegistry{self: self, scopes: map[string]*pool.EgressScope{}, deleted: map[string]bool{}}
 }
 
 // denyAll is the rule set of a scope whose rule set was deleted: its
@@ -110,6 +114,7 @@ func (r *egressRegistry) apply(sets []*pooldv1.EgressRuleSet) error {
 		} else {
 			sc.Set(compiled[name])
 		}
+		delete(r.deleted, name)
 		if name == defaultEgressName {
 			next.def = sc
 		}
@@ -118,9 +123,9 @@ func (r *egressRegistry) apply(sets []*pooldv1.EgressRuleSet) error {
 		}
 	}
 	for name, sc := range r.scopes {
-		if _, ok := compiled[name]; !ok {
+		if _, ok := compiled[name]; !ok && !r.deleted[name] {
 			sc.Set(denyAll{})
-			delete(r.scopes, name)
+			r.deleted[name] = true
 		}
 	}
 	r.state.Store(next)

@@ -95,6 +95,14 @@ func TestEgressRuleSetsPerCallerChangeLiveAndSurviveARestart(t *testing.T) {
 	saved := update(&pooldv1.EgressRuleSet{Name: team.GetName(), Allow: []string{"127.0.0.1/32"}}, "allow")
 	wantOutcomes(d, "after it was given back", codes.OK, codes.PermissionDenied)
 
+	// Deleted, alice falls back to the default; made again, she is back.
+	if _, err := d.egress.DeleteEgressRuleSet(as(ctx, "token-of-ops"), &pooldv1.DeleteEgressRuleSetRequest{Name: team.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	wantOutcomes(d, "after her rule set was deleted", codes.PermissionDenied, codes.PermissionDenied)
+	saved = update(&pooldv1.EgressRuleSet{Name: team.GetName(), Allow: []string{"127.0.0.1/32"}, Callers: []string{"token:alice"}})
+	wantOutcomes(d, "after it was made again", codes.OK, codes.PermissionDenied)
+
 	// A stale etag loses.
 	_, err := d.egress.UpdateEgressRuleSet(as(ctx, "token-of-ops"), &pooldv1.UpdateEgressRuleSetRequest{
 		EgressRuleSet: &pooldv1.EgressRuleSet{Name: team.GetName(), Etag: team.GetEtag()},
