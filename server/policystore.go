@@ -104,10 +104,11 @@ func (snap *policySnapshot) file() *pooldv1.PolicyFile {
 //
 // path "" keeps the policies in memory only. A missing file starts from an
 // empty default policy (the built-in settings) and is created on the first
-// change; its directory must exist. A present file holds a
-// ListPoliciesResponse in protobuf JSON, as PolicyService.ListPolicies
-// returns it; it must be valid in full, unknown fields included, or the
-// store does not open. now stamps update_time; nil means time.Now. apply
+// change; its directory must exist. A present file holds a PolicyFile in
+// protobuf JSON: the policies as PolicyService.ListPolicies returns them
+// (so a file from before egress rule sets, a ListPoliciesResponse, reads
+// the same) and the egress rule sets; it must be valid in full, unknown
+// fields included, or the store does not open. now stamps update_time; nil means time.Now. apply
 // nil applies nowhere, for a store used on its own.
 func OpenPolicyStore(path string, apply func(pool.PolicySet) error, now func() time.Time) (*PolicyStore, error) {
 	if apply == nil {
