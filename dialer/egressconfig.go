@@ -7,6 +7,14 @@ import (
 	"strings"
 )
 
+// CheckEgressEntry says what is wrong with one Allow or Deny entry, or nil
+// if it is a CIDR, an IP, a host name or a *.suffix pattern. The error is
+// the reason alone, for a caller that names the entry its own way.
+func CheckEgressEntry(e string) error {
+	_, _, err := parseEgressEntry(e)
+	return err
+}
+
 // parseEgressEntry reads one Allow or Deny entry as a prefix or, failing
 // that, a host pattern.
 func parseEgressEntry(e string) (netip.Prefix, *hostPattern, error) {

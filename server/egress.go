@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/poold/poold/dialer"
@@ -145,20 +143,15 @@ func (r *egressRegistry) scopeFor(ctx context.Context) *pool.EgressScope {
 	if len(st.byCaller) == 0 {
 		return st.def
 	}
-	// Walk the identities in callerIdentities' order without building the
-	// list: this runs for every request.
-	if name, ok := ctx.Value(tokenNameKey{}).(string); ok && name != "" {
+	// A named token binds first, then the client certificate.
+	if name := tokenName(ctx); name != "" {
 		if sc := st.byCaller["token:"+name]; sc != nil {
 			return sc
 		}
 	}
-	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 {
-			for _, id := range callerIdentities(ctx) {
-				if sc := st.byCaller[id]; sc != nil {
-					return sc
-				}
-			}
+	for _, id := range certIdentities(ctx) {
+		if sc := st.byCaller[id]; sc != nil {
+			return sc
 		}
 	}
 	return st.def

@@ -85,22 +85,10 @@ func egressViolations(id string, rs *pooldv1.EgressRuleSet, others map[string]*p
 	for _, list := range []struct {
 		field   string
 		entries []string
-		cfg     func(string) dialer.EgressConfig
-	}{
-		{"allow", rs.GetAllow(), func(e string) dialer.EgressConfig { return dialer.EgressConfig{Allow: []string{e}} }},
-		{"deny", rs.GetDeny(), func(e string) dialer.EgressConfig { return dialer.EgressConfig{Deny: []string{e}} }},
-	} {
+	}{{"allow", rs.GetAllow()}, {"deny", rs.GetDeny()}} {
 		for i, e := range list.entries {
-			if _, err := dialer.NewEgressRules(list.cfg(e)); err != nil {
-				// "dialer: egress allow[0] "x": reason" names the entry
-				// already; keep the reason.
-				msg := err.Error()
-				if _, after, ok := strings.Cut(msg, ": "); ok {
-					if _, reason, ok := strings.Cut(after, ": "); ok {
-						msg = reason
-					}
-				}
-				bad(fmt.Sprintf("%s[%d]", list.field, i), "%q: %s", e, msg)
+			if err := dialer.CheckEgressEntry(e); err != nil {
+				bad(fmt.Sprintf("%s[%d]", list.field, i), "%q: %v", e, err)
 			}
 		}
 	}
@@ -188,7 +176,7 @@ func (s *PolicyStore) GetEgress(name string) (*pooldv1.EgressRuleSet, error) {
 	}
 	rs, ok := s.cur.Load().egress[id]
 	if !ok {
-		return nil, egressNotFound(name)
+		return nil, notFound(name)
 	}
 	return proto.CloneOf(rs), nil
 }
@@ -226,12 +214,12 @@ func (s *PolicyStore) UpdateEgress(ctx context.Context, rs *pooldv1.EgressRuleSe
 	cur, exists := old.egress[id]
 	switch {
 	case !exists && !allowMissing:
-		return nil, egressNotFound(rs.GetName())
+		return nil, notFound(rs.GetName())
 	case !exists:
 		cur = &pooldv1.EgressRuleSet{Name: rs.GetName()}
 	}
 	if rs.GetEtag() != "" && rs.GetEtag() != cur.GetEtag() {
-		return nil, egressEtagMismatch(rs.GetName())
+		return nil, etagMismatch(rs.GetName())
 	}
 	stored := proto.CloneOf(cur)
 	for _, p := range paths {
@@ -281,10 +269,10 @@ func (s *PolicyStore) DeleteEgress(name, etag string) error {
 	old := s.cur.Load()
 	cur, ok := old.egress[id]
 	if !ok {
-		return egressNotFound(name)
+		return notFound(name)
 	}
 	if etag != "" && etag != cur.GetEtag() {
-		return egressEtagMismatch(name)
+		return etagMismatch(name)
 	}
 	next := old.clone()
 	delete(next.egress, id)
@@ -332,13 +320,4 @@ func parseEgressMask(m *fieldmaskpb.FieldMask, rs *pooldv1.EgressRuleSet) ([]str
 		}
 	}
 	return paths, violations
-}
-
-func egressNotFound(name string) error {
-	return policyStatus(codes.NotFound, ReasonPolicyNotFound, name, fmt.Sprintf("egress rule set %q not found", name))
-}
-
-func egressEtagMismatch(name string) error {
-	return policyStatus(codes.Aborted, ReasonEtagMismatch, name,
-		fmt.Sprintf("%s changed since its etag was read; read it again and retry", name))
 }

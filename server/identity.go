@@ -15,24 +15,27 @@ func withTokenName(ctx context.Context, name string) context.Context {
 	return context.WithValue(ctx, tokenNameKey{}, name)
 }
 
-// callerIdentities are the identities a call can be bound by, in the order
-// they are tried: "token:NAME" for a named bearer token, then "cert:ID" for
-// the verified client certificate's subject common name and its DNS, URI
-// and e-mail SANs.
-func callerIdentities(ctx context.Context) []string {
-	var ids []string
-	if name, ok := ctx.Value(tokenNameKey{}).(string); ok && name != "" {
-		ids = append(ids, "token:"+name)
-	}
+// tokenName is the name of the token the call came with; "" for none or
+// an unnamed one. Its identity is "token:" + the name.
+func tokenName(ctx context.Context) string {
+	name, _ := ctx.Value(tokenNameKey{}).(string)
+	return name
+}
+
+// certIdentities are the identities of the call's verified client
+// certificate, "cert:" + its subject common name and each DNS, URI and
+// e-mail SAN; nil without one.
+func certIdentities(ctx context.Context) []string {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return ids
+		return nil
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return ids
+		return nil
 	}
 	cert := info.State.VerifiedChains[0][0]
+	var ids []string
 	if cn := cert.Subject.CommonName; cn != "" {
 		ids = append(ids, "cert:"+cn)
 	}

@@ -154,7 +154,7 @@ func (s *PolicyStore) Get(name string) (*pooldv1.Policy, error) {
 	}
 	p, ok := s.cur.Load().policies[host]
 	if !ok {
-		return nil, policyNotFound(name)
+		return nil, notFound(name)
 	}
 	return shown(host, p), nil
 }
@@ -229,7 +229,7 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 	cur, exists := old.policies[host]
 	switch {
 	case !exists && !allowMissing:
-		return nil, policyNotFound(p.GetName())
+		return nil, notFound(p.GetName())
 	case !exists:
 		cur = &pooldv1.Policy{Name: p.GetName()}
 	}
@@ -259,7 +259,7 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 	stored := fromPoolPolicy(p.GetName(), pp)
 	stored.UpdateTime = timestamppb.New(s.now())
 	s.gen++
-	stored.Etag = policyEtag(s.gen, stored)
+	stored.Etag = resourceEtag(s.gen, stored)
 	policies := maps.Clone(old.policies)
 	policies[host] = stored
 	if err := s.commitLocked(old, &policySnapshot{set: next, policies: policies}); err != nil {
@@ -287,7 +287,7 @@ func (s *PolicyStore) Delete(name, etag string) error {
 	old := s.cur.Load()
 	cur, ok := old.policies[host]
 	if !ok {
-		return policyNotFound(name)
+		return notFound(name)
 	}
 	if etag != "" && etag != cur.GetEtag() {
 		return etagMismatch(name)
@@ -385,10 +385,14 @@ func applyStatus(err error) error {
 	return status.Errorf(codes.Internal, "applying the policies: %v", err)
 }
 
-func policyNotFound(name string) error {
-	return policyStatus(codes.NotFound, ReasonPolicyNotFound, name, fmt.Sprintf("policy %q not found", name))
+// notFound answers for a policy or an egress rule set that does not
+// exist; name says which kind it is.
+func notFound(name string) error {
+	return policyStatus(codes.NotFound, ReasonPolicyNotFound, name, fmt.Sprintf("%q not found", name))
 }
 
+// etagMismatch answers for a policy or an egress rule set whose etag is
+// stale.
 func etagMismatch(name string) error {
 	return policyStatus(codes.Aborted, ReasonEtagMismatch, name,
 		fmt.Sprintf("%s changed since its etag was read; read it again and retry", name))
@@ -506,7 +510,7 @@ func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
 	}
 	for _, host := range stale {
 		gen++
-		snap.policies[host].Etag = policyEtag(gen, snap.policies[host])
+		snap.policies[host].Etag = resourceEtag(gen, snap.policies[host])
 	}
 	var staleSets []string
 	for _, id := range slices.Sorted(maps.Keys(snap.egress)) {
@@ -523,21 +527,17 @@ func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
 	return snap, gen, nil
 }
 
-// policyEtag is a strong etag for p at version: the version, which the
-// store raises on every change, and a hash of everything p holds but its
-// etag. The hash lets a loaded etag be checked against its policy; the
-// update time in it keeps a policy deleted and made again with the same
-// settings from reviving an etag handed out before.
-func policyEtag(version uint64, p *pooldv1.Policy) string { return resourceEtag(version, p) }
-
 // etagged is a resource with an etag: a policy or an egress rule set.
 type etagged interface {
 	proto.Message
 	GetEtag() string
 }
 
-// resourceEtag is policyEtag for any resource: r's etag field is left out
-// of the hash.
+// resourceEtag is a strong etag for r at version: the version, which the
+// store raises on every change, and a hash of everything r holds but its
+// etag. The hash lets a loaded etag be checked against its resource; the
+// update time in it keeps a resource deleted and made again with the same
+// settings from reviving an etag handed out before.
 func resourceEtag(version uint64, r etagged) string {
 	c := proto.Clone(r)
 	m := c.ProtoReflect()
@@ -553,7 +553,7 @@ func resourceEtag(version uint64, r etagged) string {
 }
 
 // etagVersion returns the version in p's etag when the etag is one
-// policyEtag made for p as it is now.
+// resourceEtag made for p as it is now.
 func etagVersion(p etagged) (uint64, bool) {
 	v, _, ok := strings.Cut(p.GetEtag(), "-")
 	if !ok {
