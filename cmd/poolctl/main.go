@@ -66,6 +66,16 @@ type options struct {
 // usageError is a mistake in the command line.
 type usageError struct{ error }
 
+// args makes a positional-argument check's complaint a usageError.
+func args(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if err := check(c, a); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
 // run is poolctl with its command line, environment and output given, so
 // that tests run it in process. It returns the exit status.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
@@ -75,7 +85,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Short:         "Operate a poold: its pools, connections, events and policies",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Reached with no command or an unknown one.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				_ = c.Help()
+				return usageError{errors.New("a command is required")}
+			}
+			return usageError{fmt.Errorf("unknown command %q (see poolctl --help)", args[0])}
+		},
 	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -108,7 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // exitStatus maps an error to the status scripts test.
 func exitStatus(err error) int {
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown ") || strings.Contains(err.Error(), "accepts ") || strings.Contains(err.Error(), "requires ") {
+	if errors.As(err, &ue) {
 		return exitUsage
 	}
 	st, ok := status.FromError(err)

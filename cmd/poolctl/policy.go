@@ -33,7 +33,7 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 	get := &cobra.Command{
 		Use:   "get NAME",
 		Short: "Show a policy (NAME: default, a host, or policies/...)",
-		Args:  cobra.ExactArgs(1),
+		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return o.unary(ctx, func(c *client, cctx context.Context) error {
 				p, err := c.policy.GetPolicy(cctx, &pooldv1.GetPolicyRequest{Name: policyName(args[0])})
@@ -47,7 +47,7 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List every policy",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			return o.unary(ctx, func(c *client, cctx context.Context) error {
 				resp, err := c.policy.ListPolicies(cctx, &pooldv1.ListPoliciesRequest{})
@@ -72,7 +72,7 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 			"Only the fields named change (an update mask); FIELD= clears one, so it inherits again. The etag\n" +
 			"read just before (or --etag) guards the change: if someone changed the policy in between, nothing\n" +
 			"changes and poolctl exits 4.",
-		Args: cobra.MinimumNArgs(2),
+		Args: args(cobra.MinimumNArgs(2)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			name := policyName(args[0])
 			p, paths, err := parseAssignments(name, args[1:])
@@ -114,7 +114,7 @@ func policyCmd(ctx context.Context, o *options) *cobra.Command {
 	del := &cobra.Command{
 		Use:   "delete NAME",
 		Short: "Delete a host policy",
-		Args:  cobra.ExactArgs(1),
+		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return o.unary(ctx, func(c *client, cctx context.Context) error {
 				if _, err := c.policy.DeletePolicy(cctx, &pooldv1.DeletePolicyRequest{Name: policyName(args[0])}); err != nil {
@@ -133,7 +133,7 @@ func effectiveCmd(ctx context.Context, o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "effective HOST",
 		Short: "Show the policy in force for a host (host or host:port)",
-		Args:  cobra.ExactArgs(1),
+		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return o.unary(ctx, func(c *client, cctx context.Context) error {
 				p, err := c.policy.GetEffectivePolicy(cctx, &pooldv1.GetEffectivePolicyRequest{Host: args[0]})

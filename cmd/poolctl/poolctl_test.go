@@ -151,7 +151,9 @@ wait:
 	if code, _, _ = poolctl(t, map[string]string{"POOLCTL_ADDR": addr}, "hosts"); code != exitAccess {
 		t.Errorf("hosts without the admin token = %d, want %d", code, exitAccess)
 	}
-	if code, _, _ = poolctl(t, env, "hostz"); code != exitUsage {
-		t.Errorf("an unknown command = %d, want %d", code, exitUsage)
+	for _, bad := range [][]string{{"hostz"}, {}, {"drain"}, {"hosts", "--no-such-flag"}, {"policy", "set", "default", "idle_conn_timeout"}} {
+		if code, _, errOut := poolctl(t, env, bad...); code != exitUsage {
+			t.Errorf("poolctl %q = %d (%s), want %d", bad, code, errOut, exitUsage)
+		}
 	}
 }

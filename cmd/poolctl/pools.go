@@ -16,7 +16,7 @@ func hostsCmd(ctx context.Context, o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hosts",
 		Short: "List the host pools: connections, waiters and counters",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			c, err := o.dial()
 			if err != nil {
@@ -53,7 +53,7 @@ func connsCmd(ctx context.Context, o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "conns [HOST]",
 		Short: "List connections, of one host or all",
-		Args:  cobra.MaximumNArgs(1),
+		Args:  args(cobra.MaximumNArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			host := ""
 			if len(args) == 1 {
@@ -102,7 +102,7 @@ func drainCmd(ctx context.Context, o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "drain HOST",
 		Short: "Close a host's idle connections and retire its active ones after their response",
-		Args:  cobra.ExactArgs(1),
+		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return o.unary(ctx, func(c *client, cctx context.Context) error {
 				resp, err := c.pools.DrainConnections(cctx, &pooldv1.DrainConnectionsRequest{Host: args[0]})
@@ -124,7 +124,7 @@ func eventsCmd(ctx context.Context, o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "Follow pool events as they happen",
-		Args:  cobra.NoArgs,
+		Args:  args(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			req := &pooldv1.WatchEventsRequest{Host: host}
 			for _, k := range kinds {
