@@ -42,6 +42,22 @@ type Options struct {
 	// that give up at once would leave a pile of dials behind. Requests
 	// over the cap wait for a dial or a conn like any other. 0 means 64.
 	MaxDialsPerHost int
+	// IdleHostTimeout is how long a host pool with no connections, no
+	// waiters and no new requests is kept before it is removed and its
+	// memory returned; a host reached again gets a fresh pool. A pool
+	// whose every dial failed goes at the next sweep. 0 means 1 minute;
+	// negative keeps every pool for the engine's life.
+	IdleHostTimeout time.Duration
+	// CountedHosts is how many host pool keys keep counters of their own
+	// in Totals across their pools' removal, first come first served; the
+	// counters of every other pool are summed into one. It bounds what
+	// the engine remembers of hosts it no longer talks to. 0 means 100.
+	CountedHosts int
+	// AfterSweep, if set, is called by the sweeper after every sweep,
+	// outside every lock, with how many host pools it removed (often 0):
+	// the daemon uses it to hand their memory back to the operating
+	// system.
+	AfterSweep func(removed int)
 }
 
 // Engine is the connection pool: an http.RoundTripper keeping one pool of
@@ -55,13 +71,23 @@ type Engine struct {
 	eventBuffer int
 	sweep       time.Duration
 	maxDials    int
+	idleHost    time.Duration // < 0: never remove
+	countedMax  int
+	afterSweep  func(removed int)
 
 	snap  atomic.Pointer[policySnapshot] // the policy in force; replaced whole
 	setMu sync.Mutex                     // serialises SetPolicies so snapshots apply in order
 
-	mu     sync.RWMutex // guards hosts and closed
-	hosts  map[string]*hostPool
-	closed bool
+	mu        sync.RWMutex // guards hosts, closed and the fields below
+	hosts     map[string]*hostPool
+	hostsPeak int // the most pools hosts has held since it was last rebuilt
+	closed    bool
+	// counted holds, for the first CountedHosts keys, the counters of
+	// their removed pools; other holds the sum for every other key.
+	// Removing a pool folds its counters in here under mu, so Totals,
+	// which reads both under mu, never sees a count go down.
+	counted map[string]*HostCounters
+	other   HostCounters
 
 	isClosed atomic.Bool // closed, readable without mu on hot paths
 
@@ -82,8 +108,9 @@ type policySnapshot struct {
 	maxIdleConns uint32        // the default policy's MaxIdleConns
 	changed      chan struct{} // closed when a newer snapshot replaces this one
 
-	routesMu sync.RWMutex
-	routes   map[origin]*hostPool // valid for this generation
+	routesMu   sync.RWMutex
+	routes     map[origin]*hostPool // valid for this generation
+	routesPeak int                  // as Engine.hostsPeak, for routes
 }
 
 // origin is what a request's pool is looked up by, before the proxy (and
@@ -117,7 +144,11 @@ func New(opts Options) (*Engine, error) {
 		eventBuffer: opts.EventBuffer,
 		sweep:       opts.SweepInterval,
 		maxDials:    opts.MaxDialsPerHost,
+		idleHost:    opts.IdleHostTimeout,
+		countedMax:  opts.CountedHosts,
+		afterSweep:  opts.AfterSweep,
 		hosts:       make(map[string]*hostPool),
+		counted:     make(map[string]*HostCounters),
 	}
 	if e.dialer == nil {
 		cfg, err := dialer.NewTLSConfig("")
@@ -141,6 +172,12 @@ func New(opts Options) (*Engine, error) {
 	if e.maxDials <= 0 {
 		e.maxDials = 64
 	}
+	if e.idleHost == 0 {
+		e.idleHost = time.Minute
+	}
+	if e.countedMax <= 0 {
+		e.countedMax = 100
+	}
 	e.snap.Store(newSnapshot(opts.Policies.Clone()))
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.wg.Add(1)
@@ -163,12 +200,24 @@ func (e *Engine) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req.Body)
 		return nil, &Error{Phase: PhaseQueue, Host: scheme + "://" + hostPort(host, port), Err: ErrClosed}
 	}
-	hp, err := e.route(scheme, host, port, scopeFrom(req.Context()))
-	if err != nil {
-		closeBody(req.Body)
-		return nil, err
+	scope := scopeFrom(req.Context())
+	for {
+		hp, err := e.route(scheme, host, port, scope)
+		if err != nil {
+			closeBody(req.Body)
+			return nil, err
+		}
+		eff, ok := hp.enter()
+		if !ok {
+			// Removed after the route was looked up: the next lookup
+			// makes a fresh pool.
+			e.forgetRoute(hp)
+			continue
+		}
+		resp, err := hp.roundTrip(req, eff, framing, start)
+		hp.inflight.Add(-1)
+		return resp, err
 	}
-	return hp.roundTrip(req, framing, start)
 }
 
 // checkRequest refuses what cannot be framed safely on the wire, and
@@ -257,23 +306,34 @@ func (e *Engine) route(scheme, host, port string, scope *EgressScope) (*hostPool
 		hp = newHostPool(e, key, scheme, host, port, proxy, cur, cur.set.Resolve(host, port))
 		hp.scope = scope // before anyone else sees hp
 		e.hosts[key] = hp
+		e.hostsPeak = max(e.hostsPeak, len(e.hosts))
+		if _, ok := e.counted[key]; !ok && len(e.counted) < e.countedMax {
+			e.counted[key] = &HostCounters{}
+		}
 	}
 	e.mu.Unlock()
 	snap.routesMu.Lock()
 	snap.routes[o] = hp
+	snap.routesPeak = max(snap.routesPeak, len(snap.routes))
 	snap.routesMu.Unlock()
 	return hp, nil
 }
 
 // hostList returns the pools sorted by key.
 func (e *Engine) hostList() []*hostPool {
+	list := e.pools()
+	sort.Slice(list, func(i, j int) bool { return list[i].key < list[j].key })
+	return list
+}
+
+// pools returns the live pools in no order.
+func (e *Engine) pools() []*hostPool {
 	e.mu.RLock()
 	list := make([]*hostPool, 0, len(e.hosts))
 	for _, hp := range e.hosts {
 		list = append(list, hp)
 	}
 	e.mu.RUnlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].key < list[j].key })
 	return list
 }
 

@@ -474,10 +474,7 @@ func (c *fakeClock) Advance(d time.Duration) { c.now.Add(int64(d)) }
 // sweepNow runs one sweep of every pool at the engine's time, as the
 // reaper does on each tick, and returns when it is done.
 func sweepNow(e *Engine) {
-	now := e.now()
-	for _, hp := range e.hostList() {
-		hp.sweep(now)
-	}
+	e.sweepOnce(e.now())
 }
 
 // hostStats returns the stats of the pool for u.

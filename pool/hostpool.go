@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,7 +33,8 @@ type hostPool struct {
 	viaHTTPProxy bool
 	proxyAuth    string
 
-	stats hostCounters // atomics
+	stats    hostCounters // atomics
+	inflight atomic.Int64 // requests between enter and the end of roundTrip
 
 	mu            sync.Mutex // guards the fields below and the hostPool fields of each conn
 	snap          *policySnapshot
@@ -44,6 +46,13 @@ type hostPool struct {
 	waiters       wantQueue
 	waitingNoDial int  // queued requests with no dial of their own: what MaxPendingRequests bounds
 	closed        bool // the engine closed: no dials, no idling
+	// removed says the pool has left the engine's map: a request that
+	// looked it up before must look again. unusedSince and unusedRequests
+	// are when the sweeper first found the pool unused, and the request
+	// count then; a request since resets them.
+	removed        bool
+	unusedSince    time.Time
+	unusedRequests uint64
 }
 
 func newHostPool(e *Engine, key, scheme, host, port string, proxy *url.URL, snap *policySnapshot, eff Effective) *hostPool {
@@ -57,12 +66,20 @@ func newHostPool(e *Engine, key, scheme, host, port string, proxy *url.URL, snap
 	return hp
 }
 
-// effective returns the policy in force for this pool; a request reads it
-// once and keeps it.
-func (hp *hostPool) effective() Effective {
+// enter admits a request to the pool and returns the policy in force,
+// which the request reads once and keeps; ok is false when the pool was
+// removed. The caller ends the visit with hp.inflight.Add(-1).
+func (hp *hostPool) enter() (eff Effective, ok bool) {
 	hp.mu.Lock()
 	defer hp.mu.Unlock()
-	return hp.eff
+	if hp.removed {
+		return Effective{}, false
+	}
+	// Counted and admitted under the lock the sweeper removes pools
+	// under, so a pool is never removed under a request.
+	hp.stats.requests.Add(1)
+	hp.inflight.Add(1)
+	return hp.eff, true
 }
 
 // matches reports whether the pool answers to q: its full key,
@@ -384,8 +401,9 @@ func (hp *hostPool) shutdown() {
 	closeConns(victims)
 }
 
-// sweep closes idle conns past their idle timeout or lifetime.
-func (hp *hostPool) sweep(now time.Time) {
+// sweep closes idle conns past their idle timeout or lifetime, and says
+// whether the pool has been unused for idleHost (never, when negative).
+func (hp *hostPool) sweep(now time.Time, idleHost time.Duration) (removable bool) {
 	hp.mu.Lock()
 	var victims []*conn
 	for _, c := range append([]*conn(nil), hp.idle...) {
@@ -394,8 +412,10 @@ func (hp *hostPool) sweep(now time.Time) {
 			victims = append(victims, c)
 		}
 	}
+	removable = idleHost >= 0 && hp.idleLongLocked(now, idleHost)
 	hp.mu.Unlock()
 	closeConns(victims)
+	return removable
 }
 
 func closeConns(cs []*conn) {

@@ -10,9 +10,7 @@ import (
 
 // roundTrip runs one request on the pool: reads the policy once, applies
 // the request timeout, and retries what the keep-alive race broke.
-func (hp *hostPool) roundTrip(req *http.Request, framing reqFraming, start time.Time) (*http.Response, error) {
-	hp.stats.requests.Add(1)
-	eff := hp.effective()
+func (hp *hostPool) roundTrip(req *http.Request, eff Effective, framing reqFraming, start time.Time) (*http.Response, error) {
 	ctx := req.Context()
 	end := context.CancelFunc(func() {})
 	if eff.RequestTimeout > 0 {
