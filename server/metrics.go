@@ -13,10 +13,12 @@ const OtherHosts = "_other"
 
 // PoolCollector exports the engine's per-host gauges and counters to
 // Prometheus. The engine keeps the counters as events happen; a scrape only
-// copies a snapshot of them.
+// copies a snapshot of them. Which hosts get a label of their own is the
+// engine's choice (pool.Options.CountedHosts, first come first served), so
+// that a series keeps its host as pools come and go and no counter goes
+// down when an unused pool is removed.
 type PoolCollector struct {
-	engine   *pool.Engine
-	maxHosts int
+	engine *pool.Engine
 
 	active, idle, dialing, pending *prometheus.Desc
 	requests, dials, dialErrors    *prometheus.Desc
@@ -24,20 +26,15 @@ type PoolCollector struct {
 	errors, closed, timeouts       *prometheus.Desc
 }
 
-// NewPoolCollector exports engine's pools with at most maxHosts distinct host
-// labels (in key order); the rest are summed under host="_other". maxHosts <=
-// 0 means 100.
-func NewPoolCollector(engine *pool.Engine, maxHosts int) *PoolCollector {
-	if maxHosts <= 0 {
-		maxHosts = 100
-	}
+// NewPoolCollector exports engine's pools: a host label for each host the
+// engine counts on its own, and the rest summed under host="_other".
+func NewPoolCollector(engine *pool.Engine) *PoolCollector {
 	host := []string{"host"}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("poold_pool_"+name, help, append(host, labels...), nil)
 	}
 	return &PoolCollector{
 		engine:     engine,
-		maxHosts:   maxHosts,
 		active:     desc("active_connections", "Connections serving a request."),
 		idle:       desc("idle_connections", "Connections open and waiting for a request."),
 		dialing:    desc("dialing_connections", "Connections being dialed."),
@@ -64,15 +61,10 @@ func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
-	hosts := c.engine.Hosts()
-	if len(hosts) > c.maxHosts {
-		other := pool.HostStats{Key: OtherHosts}
-		for _, h := range hosts[c.maxHosts:] {
-			addHostStats(&other, h)
+	for _, h := range c.engine.Totals() {
+		if h.Key == "" {
+			h.Key = OtherHosts
 		}
-		hosts = append(hosts[:c.maxHosts:c.maxHosts], other)
-	}
-	for _, h := range hosts {
 		gauge := func(d *prometheus.Desc, v int) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), h.Key)
 		}
@@ -97,31 +89,5 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		for phase, n := range k.TimeoutsByPhase {
 			counter(c.timeouts, n, string(phase))
 		}
-	}
-}
-
-func addHostStats(sum *pool.HostStats, h pool.HostStats) {
-	sum.Active += h.Active
-	sum.Idle += h.Idle
-	sum.Dialing += h.Dialing
-	sum.Pending += h.Pending
-	s, k := &sum.Counters, h.Counters
-	s.Requests += k.Requests
-	s.Dials += k.Dials
-	s.DialErrors += k.DialErrors
-	s.Reused += k.Reused
-	s.Retries += k.Retries
-	s.QueueOverflows += k.QueueOverflows
-	s.Timeouts += k.Timeouts
-	s.Errors += k.Errors
-	if s.Closed == nil {
-		s.Closed = map[pool.CloseReason]uint64{}
-		s.TimeoutsByPhase = map[pool.Phase]uint64{}
-	}
-	for r, n := range k.Closed {
-		s.Closed[r] += n
-	}
-	for p, n := range k.TimeoutsByPhase {
-		s.TimeoutsByPhase[p] += n
 	}
 }

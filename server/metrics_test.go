@@ -56,7 +56,7 @@ func TestPoolMetricsFollowTheEngineAndCapHostLabels(t *testing.T) {
 		defer srv.Close()
 		upstreams = append(upstreams, srv)
 	}
-	engine, err := pool.New(pool.Options{})
+	engine, err := pool.New(pool.Options{CountedHosts: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestPoolMetricsFollowTheEngineAndCapHostLabels(t *testing.T) {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewPoolCollector(engine, 2))
+	reg.MustRegister(NewPoolCollector(engine))
 
 	requests := gatherPoolMetric(t, reg, "poold_pool_requests_total")
 	var hosts []string
