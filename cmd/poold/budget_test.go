@@ -95,7 +95,10 @@ func TestBufferedBodiesStayWithinTheByteBudget(t *testing.T) {
 }
 
 // peakRSS reads a process's high-water resident set size (VmHWM).
-func peakRSS(t *testing.T, pid int) int64 {
+func peakRSS(t *testing.T, pid int) int64 { return procMemory(t, pid, "VmHWM") }
+
+// procMemory reads one kB figure of /proc/PID/status, in bytes.
+func procMemory(t *testing.T, pid int, field string) int64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -104,14 +107,14 @@ func peakRSS(t *testing.T, pid int) int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, found := strings.CutPrefix(sc.Text(), "VmHWM:"); found {
+		if rest, found := strings.CutPrefix(sc.Text(), field+":"); found {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				t.Fatalf("VmHWM %q: %v", rest, err)
+				t.Fatalf("%s %q: %v", field, rest, err)
 			}
 			return kb << 10
 		}
 	}
-	t.Fatal("no VmHWM in /proc/PID/status")
+	t.Fatalf("no %s in /proc/PID/status", field)
 	return 0
 }

@@ -32,6 +32,7 @@ type config struct {
 	debugPublic    bool
 	upstreamCAFile string
 	metricsHosts   int
+	idlePool       time.Duration
 
 	adminTokenFile    string
 	clientTokenFile   string
@@ -91,6 +92,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		maxBodySize:     16 << 20,
 		maxBuffered:     1 << 30,
 		metricsHosts:    100,
+		idlePool:        time.Minute,
 		maxInFlight:     4096,
 		maxDialsPerHost: 64,
 
@@ -121,7 +123,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.BoolVar(&cfg.debugPublic, "debug-listen-public", false, "allow --debug-listen on an address other hosts can reach")
 	fs.StringVar(&cfg.policyFile, "policy-file", "", "JSON file the policies are loaded from and every change is saved to (empty = policies live in memory only)")
 	fs.StringVar(&cfg.upstreamCAFile, "upstream-ca-file", "", "PEM file of CA certificates trusted for upstream TLS, in addition to the system roots")
-	fs.IntVar(&cfg.metricsHosts, "metrics-max-hosts", cfg.metricsHosts, "hosts with their own label in pool metrics; the rest are summed under host=\"_other\"")
+	fs.IntVar(&cfg.metricsHosts, "metrics-max-hosts", cfg.metricsHosts, "hosts with their own label in pool metrics, the first ones reached; the rest are summed under host=\"_other\"")
+	fs.DurationVar(&cfg.idlePool, "idle-pool-timeout", cfg.idlePool, "how long a host pool with no connections and no requests is kept before its memory is returned; its counters stay in the metrics (0 = keep every pool)")
 	fs.StringVar(&cfg.adminTokenFile, "admin-token-file", "", "file of bearer tokens (one a line) that PoolService and PolicyService require; reread on SIGHUP or change (empty = open)")
 	fs.StringVar(&cfg.clientTokenFile, "client-token-file", "", "file of bearer tokens that HTTPService requires; reread on SIGHUP or change (empty = open)")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "PEM certificate for the gRPC listener (with --tls-key; empty = plaintext)")
@@ -194,6 +197,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.shutdownDelay < 0, "--shutdown-delay", cfg.shutdownDelay, "must not be negative"},
 		{cfg.maxBuffered != 0 && cfg.maxBuffered <= cfg.maxBodySize, "--max-buffered-bytes", &cfg.maxBuffered, "must be more than --max-body-size (or 0 for no bound), or no body of that size could fit"},
 		{cfg.metricsHosts < 1, "--metrics-max-hosts", cfg.metricsHosts, "must be at least 1"},
+		{cfg.idlePool < 0, "--idle-pool-timeout", cfg.idlePool, "must not be negative"},
 		{cfg.maxInFlight < 1, "--max-in-flight", cfg.maxInFlight, "must be at least 1"},
 		{cfg.maxDialsPerHost < 1, "--max-dials-per-host", cfg.maxDialsPerHost, "must be at least 1"},
 		{cfg.maxStreamsPerConn < 1 || cfg.maxStreamsPerConn > 1<<31, "--grpc-max-concurrent-streams", cfg.maxStreamsPerConn, "must be from 1 to 2147483648"},

@@ -149,6 +149,9 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	engine, err := pool.New(pool.Options{
 		Dialer:          &dialer.Dialer{TLSConfig: tlsConfig, Resolver: resolver, Egress: egress},
 		MaxDialsPerHost: cfg.maxDialsPerHost,
+		IdleHostTimeout: idleHostTimeout(cfg.idlePool),
+		CountedHosts:    cfg.metricsHosts,
+		AfterSweep:      newMemoryReturner().afterSweep,
 	})
 	if err != nil {
 		closeListeners()
@@ -165,7 +168,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		cleanup()
 		return nil, err
 	}
-	registry.MustRegister(server.NewPoolCollector(engine, cfg.metricsHosts))
+	registry.MustRegister(server.NewPoolCollector(engine))
 	var tokenFiles []*server.TokenFile
 	loadTokens := func(flag, path string) (*server.TokenFile, error) {
 		if path == "" {

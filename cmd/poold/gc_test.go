@@ -36,3 +36,28 @@ func TestGCPercentFlagThenGOGCThenDefault(t *testing.T) {
 		})
 	}
 }
+
+func TestMemoryIsReturnedDuringAndAfterAWaveOfRemovals(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		sweeps []int // pools each sweep removed
+		frees  int
+	}{
+		{"nothing removed", []int{0, 0, 0}, 0},
+		{"a trickle is left to the runtime", []int{1, 0, 5, 0, 30, 0}, 0},
+		{"a small wave, once it ends", []int{40, 30, 0, 0}, 1},
+		{"a large wave, every 1024 and at its end", []int{700, 700, 700, 0}, 2},
+		{"a wave ending below the tail is not returned again", []int{1024, 10, 0}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			frees := 0
+			m := &memoryReturner{free: func() { frees++ }}
+			for _, n := range tc.sweeps {
+				m.afterSweep(n)
+			}
+			if frees != tc.frees {
+				t.Errorf("memory returned %d times, want %d", frees, tc.frees)
+			}
+		})
+	}
+}

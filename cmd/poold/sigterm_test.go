@@ -27,8 +27,16 @@ import (
 // returns the command and its gRPC address once it reports listening.
 func startPooldBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
+	cmd, grpcAddr, _ := startPooldBinaryHTTP(t, bin, args...)
+	return cmd, grpcAddr
+}
+
+// startPooldBinaryHTTP is startPooldBinary that also returns the address
+// of /metrics.
+func startPooldBinaryHTTP(t *testing.T, bin string, args ...string) (cmd *exec.Cmd, grpcAddr, httpAddr string) {
+	t.Helper()
 	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json"}, args...)
-	cmd := exec.Command(bin, args...)
+	cmd = exec.Command(bin, args...)
 	cmd.Env = []string{} // no proxy or POOLD_* settings from the environment
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -39,18 +47,17 @@ func startPooldBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, stri
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	sc := bufio.NewScanner(stderr)
-	var addr string
-	for addr == "" && sc.Scan() {
-		var line struct{ Msg, GRPC string }
+	for grpcAddr == "" && sc.Scan() {
+		var line struct{ Msg, GRPC, HTTP string }
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
-			addr = line.GRPC
+			grpcAddr, httpAddr = line.GRPC, line.HTTP
 		}
 	}
-	if addr == "" {
+	if grpcAddr == "" {
 		t.Fatal("poold never reported listening")
 	}
 	go io.Copy(io.Discard, stderr)
-	return cmd, addr
+	return cmd, grpcAddr, httpAddr
 }
 
 func TestSIGTERMLetsEveryInFlightRequestFinishAndRefusesNewOnes(t *testing.T) {
