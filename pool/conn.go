@@ -45,6 +45,7 @@ type conn struct {
 	// egressGen is 1 + the generation of its scope's rules that last
 	// allowed it; 0 until checked. Guarded by hp.mu.
 	egressGen uint64
+	dialStart time.Time // when the dial began, by the wall clock, for tracing
 	dns       time.Duration
 	connect   time.Duration
 	tlsTime   time.Duration
@@ -84,8 +85,9 @@ type conn struct {
 	owner *exchange
 }
 
-// setDialed records the dial result on a placeholder conn; hp.mu is held.
-func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig) {
+// setDialed records the result of the dial that began at start on a
+// placeholder conn; hp.mu is held.
+func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig, start time.Time) {
 	c.nc = dc.Conn
 	c.tcp = dc.TCP
 	c.tlsState = dc.TLS
@@ -94,6 +96,7 @@ func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig) {
 	if ap, err := netip.ParseAddrPort(c.remote); err == nil {
 		c.remoteAP = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
+	c.dialStart = start
 	c.dns, c.connect, c.tlsTime = dc.DNS, dc.Connect, dc.TLSHandshake
 	c.keepAlive = ka
 	c.proto = &http1{c: c}

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"time"
 
 	"github.com/poold/poold/dialer"
 )
@@ -62,6 +63,7 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	if t.TLS {
 		t.NextProtos = []string{"http/1.1"}
 	}
+	start := time.Now()
 	dc, err := hp.e.dialer.Dial(ctx, t, dialer.Options{
 		DialTimeout:         eff.DialTimeout,
 		TLSHandshakeTimeout: eff.TLSHandshakeTimeout,
@@ -72,7 +74,7 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 		return
 	}
 	hp.mu.Lock()
-	c.setDialed(dc, eff.KeepAlive) // under the lock: Conns reads the placeholder
+	c.setDialed(dc, eff.KeepAlive, start) // under the lock: Conns reads the placeholder
 	hp.dialing--
 	hp.setDialingLocked(w, false)
 	if hp.closed {

@@ -123,7 +123,7 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 				hp.discard(c, reason)
 				continue
 			}
-			tm.gotConn(c, idleFor, time.Since(start))
+			tm.gotConn(c, idleFor, start)
 			return c, nil
 		}
 		// Nothing idle: dial if there is room, else wait. Deciding under
@@ -158,7 +158,7 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tm.gotConn(c, 0, time.Since(start))
+		tm.gotConn(c, 0, start)
 		return c, nil
 	}
 }

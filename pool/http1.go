@@ -262,7 +262,7 @@ func (x *exchange) readHead() (*http.Response, error) {
 		return nil, err
 	}
 	x.gotByte = true
-	x.tm.firstByte(time.Since(x.writeStart))
+	x.tm.firstByte(x.writeStart)
 	for n := 0; ; n++ {
 		resp := &x.resp
 		f, ok, err := parseResponseHead(c.br, x.req.Method, resp)

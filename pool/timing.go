@@ -20,6 +20,16 @@ type Timing struct {
 	Total           time.Duration // from RoundTrip to the body's EOF or Close
 	Attempts        int           // 1 plus retries
 	RemoteAddr      string
+	// PoolKey is the key of the host pool that served the request, as
+	// HostStats and metrics name it (proxy credentials redacted).
+	PoolKey string
+
+	// Instants that place the phases on the clock, for a tracer that
+	// draws them; each is zero when its phase did not happen. The
+	// durations above stay the measure: these only say when.
+	GotConn    time.Time // the conn was handed to the request; Queued ends here
+	DialStart  time.Time // on a fresh conn: its dial began; DNS, Connect and TLSHandshake follow one another from here
+	WriteStart time.Time // the request began to be written; TimeToFirstByte counts from here
 }
 
 // timing collects a request's Timing. The request's goroutines write it
@@ -79,12 +89,16 @@ func (tm *timing) attempt(n int) {
 	tm.mu.Unlock()
 }
 
-func (tm *timing) gotConn(c *conn, idleFor, queued time.Duration) {
+// gotConn records the checkout that began at start and ends now.
+func (tm *timing) gotConn(c *conn, idleFor time.Duration, start time.Time) {
+	now := time.Now()
 	tm.mu.Lock()
 	tm.t.ConnID = c.id
 	tm.t.IdleTime = idleFor
-	tm.t.Queued = queued
+	tm.t.Queued = now.Sub(start)
+	tm.t.GotConn = now
 	tm.t.RemoteAddr = c.remote
+	tm.t.PoolKey = c.hp.key
 	tm.mu.Unlock()
 }
 
@@ -93,15 +107,21 @@ func (tm *timing) began(c *conn, reused bool) {
 	tm.t.Reused = reused
 	if reused {
 		tm.t.DNS, tm.t.Connect, tm.t.TLSHandshake = 0, 0, 0
+		tm.t.DialStart = time.Time{}
 	} else {
 		tm.t.DNS, tm.t.Connect, tm.t.TLSHandshake = c.dns, c.connect, c.tlsTime
+		tm.t.DialStart = c.dialStart
 	}
 	tm.mu.Unlock()
 }
 
-func (tm *timing) firstByte(d time.Duration) {
+// firstByte records the wait from the write that began at writeStart to
+// the first response byte, which came now.
+func (tm *timing) firstByte(writeStart time.Time) {
+	d := time.Since(writeStart)
 	tm.mu.Lock()
 	tm.t.TimeToFirstByte = d
+	tm.t.WriteStart = writeStart
 	tm.mu.Unlock()
 }
 
