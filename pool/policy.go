@@ -80,6 +80,11 @@ type Policy struct {
 	// least recently used first. 0 means no limit. Only the default policy
 	// may set it, because it is one budget shared by every host.
 	MaxIdleConns *uint32
+	// PropagateTraceContext lets a tracing caller of the engine (poold's
+	// server) send the trace context upstream in traceparent and
+	// tracestate headers. The engine itself adds no header: it only
+	// carries the setting, resolved per host like every other field.
+	PropagateTraceContext *bool
 }
 
 // TCPKeepAlive sets the TCP keep-alive probes on upstream sockets. A change
@@ -117,7 +122,9 @@ type TCPKeepAlive struct {
 //   - MaxResponseHeaderBytes 1 MiB;
 //   - DisableKeepAlives false;
 //   - ProxyURL "" (the environment decides);
-//   - MaxIdleConns 1024.
+//   - MaxIdleConns 1024;
+//   - PropagateTraceContext false, since the headers would change what
+//     the caller sent.
 //
 // Each call returns fresh pointers, so the result may be changed freely.
 func DefaultPolicy() Policy {
@@ -145,6 +152,7 @@ func DefaultPolicy() Policy {
 		DisableKeepAlives:      policyPtr(false),
 		ProxyURL:               policyPtr(""),
 		MaxIdleConns:           policyPtr(uint32(1024)),
+		PropagateTraceContext:  policyPtr(false),
 	}
 }
 
@@ -182,6 +190,7 @@ func policyMerge(p, over Policy) Policy {
 		DisableKeepAlives:      policyOver(p.DisableKeepAlives, over.DisableKeepAlives),
 		ProxyURL:               policyOver(p.ProxyURL, over.ProxyURL),
 		MaxIdleConns:           policyOver(p.MaxIdleConns, over.MaxIdleConns),
+		PropagateTraceContext:  policyOver(p.PropagateTraceContext, over.PropagateTraceContext),
 	}
 }
 
@@ -211,6 +220,7 @@ func (p Policy) clone() Policy {
 		DisableKeepAlives:      policyCopy(p.DisableKeepAlives),
 		ProxyURL:               policyCopy(p.ProxyURL),
 		MaxIdleConns:           policyCopy(p.MaxIdleConns),
+		PropagateTraceContext:  policyCopy(p.PropagateTraceContext),
 	}
 }
 

@@ -88,6 +88,7 @@ func TestDefaultPolicySetsEveryFieldToTheDocumentedValue(t *testing.T) {
 		DisableKeepAlives:      policyBool(false),
 		ProxyURL:               policyStr(""),
 		MaxIdleConns:           policyU32(1024),
+		PropagateTraceContext:  policyBool(false),
 	}
 	if diff := cmp.Diff(want, p); diff != "" {
 		t.Errorf("DefaultPolicy() mismatch (-want +got):\n%s", diff)
@@ -116,6 +117,8 @@ func TestMergeTakesEverySetFieldOfOverAndKeepsTheRest(t *testing.T) {
 		MaxIdleConnsPerHost: policyU32(0),
 		DisableKeepAlives:   policyBool(true),
 		ProxyURL:            policyStr("direct"),
+
+		PropagateTraceContext: policyBool(true),
 	}
 	want := DefaultPolicy()
 	want.DialTimeout = policyDur(time.Second)
@@ -123,6 +126,7 @@ func TestMergeTakesEverySetFieldOfOverAndKeepsTheRest(t *testing.T) {
 	want.MaxIdleConnsPerHost = policyU32(0)
 	want.DisableKeepAlives = policyBool(true)
 	want.ProxyURL = policyStr("direct")
+	want.PropagateTraceContext = policyBool(true)
 	if diff := cmp.Diff(want, base.Merge(over)); diff != "" {
 		t.Errorf("Merge mismatch (-want +got):\n%s", diff)
 	}

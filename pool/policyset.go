@@ -98,6 +98,8 @@ type Effective struct {
 	// MaxIdleConns is the idle budget across all hosts, always taken from
 	// the default policy. 0 = unlimited.
 	MaxIdleConns uint32
+
+	PropagateTraceContext bool
 }
 
 // builtinPolicy is DefaultPolicy computed once for Resolve; never handed
@@ -205,6 +207,7 @@ func effectiveFrom(source string, p Policy) Effective {
 		DisableKeepAlives:      policyValue(p.DisableKeepAlives),
 		ProxyURL:               policyValue(p.ProxyURL),
 		MaxIdleConns:           policyValue(p.MaxIdleConns),
+		PropagateTraceContext:  policyValue(p.PropagateTraceContext),
 	}
 }
 
@@ -243,6 +246,7 @@ func (e Effective) Policy() Policy {
 		DisableKeepAlives:      policyPtr(e.DisableKeepAlives),
 		ProxyURL:               policyPtr(e.ProxyURL),
 		MaxIdleConns:           policyPtr(e.MaxIdleConns),
+		PropagateTraceContext:  policyPtr(e.PropagateTraceContext),
 	}
 }
 

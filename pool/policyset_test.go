@@ -168,6 +168,8 @@ func TestResolveInheritsUnsetFieldsFromDefaultThenBuiltIn(t *testing.T) {
 			TCPKeepAlive: TCPKeepAlive{Idle: policyDur(time.Minute)},
 			ProxyURL:     policyStr("direct"),
 			MaxIdleConns: policyU32(10),
+
+			PropagateTraceContext: policyBool(true),
 		},
 		Hosts: map[string]Policy{
 			"api.example.com": {
@@ -203,6 +205,7 @@ func TestResolveInheritsUnsetFieldsFromDefaultThenBuiltIn(t *testing.T) {
 		DisableKeepAlives:      false,
 		ProxyURL:               "direct", // default
 		MaxIdleConns:           10,       // always the default policy's
+		PropagateTraceContext:  true,     // default
 	}
 	if diff := cmp.Diff(want, set.Resolve("api.example.com", "443")); diff != "" {
 		t.Errorf("Resolve mismatch (-want +got):\n%s", diff)

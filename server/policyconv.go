@@ -94,6 +94,7 @@ func toPoolPolicy(p *pooldv1.Policy) (pool.Policy, []fieldViolation) {
 		DisableKeepAlives:      p.DisableKeepalives,
 		ProxyURL:               p.ProxyUrl,
 		MaxIdleConns:           p.MaxIdleConns,
+		PropagateTraceContext:  p.PropagateTraceContext,
 	}
 	// The scalar pointers above alias p; copy them so that the result
 	// stays a value whatever later happens to the request message.
@@ -156,6 +157,7 @@ func fromPoolPolicy(name string, p pool.Policy) *pooldv1.Policy {
 		DisableKeepalives:      p.DisableKeepAlives,
 		ProxyUrl:               p.ProxyURL,
 		MaxIdleConns:           p.MaxIdleConns,
+		PropagateTraceContext:  p.PropagateTraceContext,
 	}
 	if ka := p.TCPKeepAlive; ka != (pool.TCPKeepAlive{}) {
 		out.TcpKeepalive = &pooldv1.TcpKeepalive{

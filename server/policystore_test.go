@@ -366,3 +366,37 @@ func TestThePolicyFileKeepsOnlyWhatWasSet(t *testing.T) {
 		t.Errorf("policy file holds %v, want only %v", file, want)
 	}
 }
+
+func TestPropagateTraceContextIsSetAndInheritedLikeEveryField(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.json")
+	h := newPolicyHarness(t, path)
+	if got := h.get(defaultPolicyName).PropagateTraceContext; got == nil || *got {
+		t.Fatalf("policies/default shows propagate_trace_context %v, want the built-in false", got)
+	}
+	h.update(&pooldv1.Policy{Name: defaultPolicyName, PropagateTraceContext: pbool(true)}, false, "propagate_trace_context")
+	h.update(&pooldv1.Policy{Name: "policies/*.internal.example", PropagateTraceContext: pbool(false)}, true)
+	h.update(&pooldv1.Policy{Name: "policies/api.example.com", MaxRetries: pu32(2)}, true)
+
+	reopened, err := OpenPolicyStore(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		host string
+		want bool
+	}{
+		{"api.example.com", true},        // inherited from the default policy
+		{"db.internal.example", false},   // the host policy's own
+		{"other.example.net:8443", true}, // no host policy
+	} {
+		for _, store := range []*PolicyStore{h.store, reopened} {
+			got, err := store.Effective(tt.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := got.PropagateTraceContext; p == nil || *p != tt.want {
+				t.Errorf("effective propagate_trace_context for %s = %v, want %v", tt.host, p, tt.want)
+			}
+		}
+	}
+}

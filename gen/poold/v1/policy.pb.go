@@ -103,6 +103,14 @@ type Policy struct {
 	// hold a connection for as long as the caller waits. Time a Stream caller
 	// takes to read does not count. 0 means no limit. Built-in default 5m.
 	BodyReadTimeout *durationpb.Duration `protobuf:"bytes,21,opt,name=body_read_timeout,json=bodyReadTimeout,proto3" json:"body_read_timeout,omitempty"`
+	// When true and poold traces (OTEL_TRACES_EXPORTER or an
+	// OTEL_EXPORTER_OTLP_ENDPOINT is set), requests carry the trace context
+	// upstream as W3C "traceparent" and "tracestate" headers, so that the
+	// upstream's spans join the caller's trace. A traceparent the caller put
+	// in the request headers is sent as it is, never replaced. Off by
+	// default, since it adds headers the caller did not send. Built-in
+	// default false.
+	PropagateTraceContext *bool `protobuf:"varint,22,opt,name=propagate_trace_context,json=propagateTraceContext,proto3,oneof" json:"propagate_trace_context,omitempty"`
 	// Version of this policy, changed by every update. Send it back in
 	// UpdatePolicy or DeletePolicy to fail with ABORTED if someone else
 	// changed the policy in between. Output only.
@@ -274,6 +282,13 @@ func (x *Policy) GetBodyReadTimeout() *durationpb.Duration {
 		return x.BodyReadTimeout
 	}
 	return nil
+}
+
+func (x *Policy) GetPropagateTraceContext() bool {
+	if x != nil && x.PropagateTraceContext != nil {
+		return *x.PropagateTraceContext
+	}
+	return false
 }
 
 func (x *Policy) GetEtag() string {
@@ -669,7 +684,7 @@ var File_poold_v1_policy_proto protoreflect.FileDescriptor
 
 const file_poold_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\v\n" +
+	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\v\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\fdial_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vdialTimeout\x12M\n" +
@@ -691,7 +706,8 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\x12disable_keepalives\x18\x10 \x01(\bH\x06R\x11disableKeepalives\x88\x01\x01\x12 \n" +
 	"\tproxy_url\x18\x11 \x01(\tH\aR\bproxyUrl\x88\x01\x01\x12)\n" +
 	"\x0emax_idle_conns\x18\x12 \x01(\rH\bR\fmaxIdleConns\x88\x01\x01\x12E\n" +
-	"\x11body_read_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0fbodyReadTimeout\x12\x12\n" +
+	"\x11body_read_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0fbodyReadTimeout\x12;\n" +
+	"\x17propagate_trace_context\x18\x16 \x01(\bH\tR\x15propagateTraceContext\x88\x01\x01\x12\x12\n" +
 	"\x04etag\x18\x13 \x01(\tR\x04etag\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTimeB\x18\n" +
@@ -704,7 +720,8 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\x13_disable_keepalivesB\f\n" +
 	"\n" +
 	"_proxy_urlB\x11\n" +
-	"\x0f_max_idle_conns\"\xc4\x01\n" +
+	"\x0f_max_idle_connsB\x1a\n" +
+	"\x18_propagate_trace_context\"\xc4\x01\n" +
 	"\fTcpKeepalive\x12\x1d\n" +
 	"\aenabled\x18\x01 \x01(\bH\x00R\aenabled\x88\x01\x01\x12-\n" +
 	"\x04idle\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04idle\x125\n" +
