@@ -53,6 +53,8 @@ type HTTPOptions struct {
 	// failures counts failed pipelined requests by reason; nil counts
 	// nothing. Calls are counted by the server's observer.
 	failures *reasonCounter
+	// tracing adds to each request's span; nil traces nothing.
+	tracing *callTracer
 }
 
 // HTTPServer serves HTTPService: it turns calls into requests on the
@@ -66,6 +68,7 @@ type HTTPServer struct {
 	failures      *reasonCounter
 	reveal        bool
 	budget        *byteBudget
+	tracing       *callTracer // nil: poold does not trace
 
 	egress *egressRegistry // nil: the dialer's own egress rules apply
 
@@ -87,6 +90,9 @@ func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 	if opts.PipelineDepth <= 0 {
 		opts.PipelineDepth = DefaultPipelineDepth
 	}
+	if opts.tracing != nil {
+		rt = &propagatingTransport{next: rt, tracer: opts.tracing}
+	}
 	return &HTTPServer{
 		rt:            rt,
 		maxBodySize:   opts.MaxBodySize,
@@ -95,6 +101,7 @@ func NewHTTPServer(rt http.RoundTripper, opts HTTPOptions) *HTTPServer {
 		failures:      opts.failures,
 		reveal:        opts.RevealErrorDetail,
 		budget:        newByteBudget(opts.MaxBufferedBytes),
+		tracing:       opts.tracing,
 		draining:      make(chan struct{}),
 	}
 }
@@ -106,7 +113,7 @@ func (s *HTTPServer) Do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.Do
 		return nil, err
 	}
 	defer s.limit.release()
-	resp, held, err := s.do(ctx, in)
+	resp, held, err := s.do(ctx, in, false)
 	// gRPC marshals the response after Do returns; the body's charge ends
 	// here, a moment early, since no hook runs after that.
 	s.budget.give(held)
@@ -115,8 +122,10 @@ func (s *HTTPServer) Do(ctx context.Context, in *pooldv1.DoRequest) (*pooldv1.Do
 
 // do runs one request the way Do promises, for Do and for every request of
 // a Pipeline. held is what the body took of the byte budget, which the
-// caller gives back once the response is sent.
-func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (_ *pooldv1.DoResponse, held int64, _ error) {
+// caller gives back once the response is sent. When poold traces, the
+// request's span is ctx's: Do's server span, or the span Pipeline starts
+// for each request (pipelined).
+func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest, pipelined bool) (_ *pooldv1.DoResponse, held int64, _ error) {
 	ctx, cancel := requestContext(ctx, in.GetTimeout())
 	if cancel != nil {
 		defer cancel()
@@ -128,12 +137,19 @@ func (s *HTTPServer) do(ctx context.Context, in *pooldv1.DoRequest) (_ *pooldv1.
 	if err != nil {
 		return nil, 0, err
 	}
+	if s.tracing != nil {
+		s.tracing.request(ctx, req, pipelined)
+	}
 	if s.budget.full() {
 		return nil, 0, s.requestError(ctx, req, &errBufferBudget{limit: s.budget.limit})
 	}
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(in.GetMaxRedirects()))
 	if err != nil {
 		return nil, 0, s.requestError(ctx, req, err)
+	}
+	if s.tracing != nil {
+		// The head is in, and with it every phase a span is drawn for.
+		s.tracing.responded(ctx, resp, redirects)
 	}
 	body, held, err := s.readBody(resp)
 	if err != nil {
@@ -276,7 +292,11 @@ func (s *HTTPServer) requestError(ctx context.Context, req *http.Request, err er
 			err = &pool.Error{Phase: pool.PhaseRequest, Host: host, Err: pool.ErrRequestTimeout}
 		}
 	}
-	return mapError(err, s.reveal)
+	st := mapError(err, s.reveal)
+	if s.tracing != nil {
+		s.tracing.failed(ctx, err, st)
+	}
+	return st
 }
 
 // hostPort is the URL's host with the scheme's default port filled in, as

@@ -210,7 +210,7 @@ func (p *pipeline) start(id uint64, req *pooldv1.DoRequest) error {
 func (p *pipeline) work(call *pipelineCall) {
 	defer p.workers.Done()
 	for ; call != nil; call = <-p.jobs {
-		resp, held, err := p.s.do(call.ctx, call.req)
+		resp, held, err := p.do(call)
 		p.s.limit.release()
 		// Out of the table before the answer goes out: a caller may
 		// reuse the id as soon as it has the answer.
@@ -223,6 +223,17 @@ func (p *pipeline) work(call *pipelineCall) {
 		p.s.budget.give(held)
 		<-p.slots
 	}
+}
+
+// do runs one pipelined request, in a span of its own when poold traces.
+func (p *pipeline) do(call *pipelineCall) (*pooldv1.DoResponse, int64, error) {
+	if p.s.tracing == nil {
+		return p.s.do(call.ctx, call.req, true)
+	}
+	ctx, span := p.s.tracing.startPipelined(call.ctx, call.id, call.req.GetMethod())
+	resp, held, err := p.s.do(ctx, call.req, true)
+	p.s.tracing.endPipelined(span, err)
+	return resp, held, err
 }
 
 // cancel ends the running request with the given id. One that already

@@ -40,13 +40,7 @@ func (c *reasonCounter) observe(ctx context.Context, method string, err error) s
 	if err == nil {
 		return ""
 	}
-	reason := "UNKNOWN"
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			reason = info.GetReason()
-			break
-		}
-	}
+	reason := errorInfoReason(err)
 	c.failures.WithLabelValues(reason).Inc()
 	if reason == ReasonEgressDenied {
 		// A denial is a security event: someone asked poold for an address
@@ -55,4 +49,15 @@ func (c *reasonCounter) observe(ctx context.Context, method string, err error) s
 		c.logger.WarnContext(ctx, "egress denied", "method", method, "err", errorDetail(err))
 	}
 	return reason
+}
+
+// errorInfoReason is the ErrorInfo reason of a failed call's status,
+// "UNKNOWN" for a status without one.
+func errorInfoReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return "UNKNOWN"
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -79,6 +80,12 @@ type Config struct {
 	// TLS, when set, serves the gRPC listener over TLS (mTLS with a client
 	// CA).
 	TLS *ListenerTLS
+	// TracerProvider, when set, traces every call but health checks and
+	// reflection: a server span continuing the caller's W3C trace context,
+	// and for HTTPService the phases of the upstream request as child
+	// spans (see callTracer). nil traces nothing, and calls pay nothing
+	// for it.
+	TracerProvider trace.TracerProvider
 }
 
 // Service names, for interceptors that apply to some services only.
@@ -202,6 +209,7 @@ func New(cfg Config) (*Server, error) {
 		opts = append(opts, grpc.MaxSendMsgSize(cfg.MaxSendMsgSize))
 	}
 	opts = append(opts, cfg.Transport.options()...)
+	opts = append(opts, tracingServerOptions(cfg.TracerProvider)...)
 	s := grpc.NewServer(opts...)
 
 	if cfg.Engine == nil || cfg.Policies == nil {
@@ -214,6 +222,7 @@ func New(cfg Config) (*Server, error) {
 		RevealErrorDetail: cfg.RevealErrorDetail,
 		MaxBufferedBytes:  cfg.MaxBufferedBytes,
 		failures:          reasons,
+		tracing:           newCallTracer(cfg.TracerProvider, cfg.Engine),
 	})
 	if cfg.Egress != nil {
 		registry := newEgressRegistry(cfg.Egress.SelfAddrs)

@@ -68,6 +68,9 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 		ctx = pool.WithEgressScope(ctx, sc)
 	}
 	req = req.WithContext(ctx)
+	if s.tracing != nil {
+		s.tracing.request(ctx, req, false)
+	}
 	body := newStreamBody(declared)
 	body.attach(req)
 	// The receiving goroutine belongs to this call. It ends when the
@@ -80,6 +83,9 @@ func (s *HTTPServer) Stream(stream pooldv1.HTTPService_StreamServer) error {
 	resp, redirects, err := sendFollowingRedirects(s.rt, req, int(head.GetMaxRedirects()))
 	if err != nil {
 		return body.failureOr(s.requestError(ctx, req, err))
+	}
+	if s.tracing != nil {
+		s.tracing.responded(ctx, resp, redirects)
 	}
 	bodyClosed := false
 	defer func() {
