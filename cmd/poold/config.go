@@ -61,6 +61,10 @@ type config struct {
 	maxConnectionIdle            time.Duration
 	maxConnectionAge             time.Duration
 	maxConnectionAgeGrace        time.Duration
+
+	// tracing is on when the OTEL_* variables ask for traces
+	// (tracingFromEnv); they configure the rest themselves.
+	tracing bool
 }
 
 // usageError is a bad command line or environment; the daemon exits 2.
@@ -215,6 +219,12 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 			return nil, &usageError{msg: msg}
 		}
 	}
+	tracing, err := tracingFromEnv(getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "poold: %v\n", err)
+		return nil, err
+	}
+	cfg.tracing = tracing
 	return cfg, nil
 }
 

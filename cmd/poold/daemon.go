@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/poold/poold/dialer"
@@ -70,6 +72,9 @@ type daemon struct {
 	api    *http.Server
 
 	tokenFiles []*server.TokenFile // reread on SIGHUP and when they change
+
+	// traces is where spans go; nil when poold does not trace.
+	traces *sdktrace.TracerProvider
 }
 
 // newDaemon builds the servers and opens both listeners, so that a port
@@ -198,11 +203,28 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 			return nil, err
 		}
 	}
+	// The provider goes into the server's config only when there is one: a
+	// nil *TracerProvider in the interface would read as tracing on.
+	var traces *sdktrace.TracerProvider
+	var tracerProvider trace.TracerProvider
+	if cfg.tracing {
+		if traces, err = newTracerProvider(context.Background(), logger); err != nil {
+			cleanup()
+			return nil, err
+		}
+		tracerProvider = traces
+		undo := cleanup
+		cleanup = func() {
+			flushTraces(traces, logger)
+			undo()
+		}
+	}
 	srv, err := server.New(server.Config{
 		Egress:               &server.EgressOptions{Default: egressFlags, SelfAddrs: selfAddrs},
 		AdminTokens:          adminTokens,
 		ClientTokens:         clientTokens,
 		TLS:                  listenerTLS,
+		TracerProvider:       tracerProvider,
 		MaxInFlight:          cfg.maxInFlight,
 		MaxConcurrentStreams: uint32(cfg.maxStreamsPerConn),
 		PipelineDepth:        cfg.maxPipelineDepth,
@@ -235,7 +257,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		cleanup()
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, engine: engine, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis, tokenFiles: tokenFiles}
+	d := &daemon{cfg: cfg, engine: engine, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis, tokenFiles: tokenFiles, traces: traces}
 	d.http = &http.Server{
 		Handler:           d.httpHandler(registry),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -244,7 +266,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	if apiLis != nil {
 		h, err := srv.HTTPAPI()
 		if err != nil {
-			closeListeners()
+			cleanup()
 			return nil, err
 		}
 		d.apiLis = apiLis
@@ -286,8 +308,8 @@ func (d *daemon) httpHandler(registry *prometheus.Registry) http.Handler {
 
 // serve runs until ctx ends or a server fails, then shuts down: health goes
 // NOT_SERVING, calls are still served for the delay, watch streams end,
-// gRPC drains under the grace period, and the HTTP endpoint closes last so
-// that scrapes see the drain.
+// gRPC drains under the grace period, the spans of the calls are flushed,
+// and the HTTP endpoint closes last so that scrapes see the drain.
 func (d *daemon) serve(ctx context.Context) error {
 	errc := make(chan error, 4)
 	go func() { errc <- d.grpc.GRPC.Serve(d.grpcLis) }()
@@ -345,6 +367,11 @@ func (d *daemon) serve(ctx context.Context) error {
 	if d.api != nil {
 		// Its calls were gRPC calls: the drain above has ended them.
 		d.api.Close()
+	}
+	if d.traces != nil {
+		// Every call has ended, and with it every span: send what is
+		// buffered before the process is gone.
+		flushTraces(d.traces, d.logger)
 	}
 	// Only now that no RPC can use it does the engine close its conns.
 	if err := d.engine.Close(); err != nil {

@@ -40,12 +40,18 @@ type testDaemon struct {
 // waits for its "poold listening" log line.
 func startDaemon(t *testing.T, args ...string) *testDaemon {
 	t.Helper()
+	return startDaemonEnv(t, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with env as the environment run reads.
+func startDaemonEnv(t *testing.T, env map[string]string, args ...string) *testDaemon {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-grace=2s", "--shutdown-delay=0s", "--egress-allow=127.0.0.1/32"}, args...)
 	d := &testDaemon{done: make(chan error, 1), cancel: cancel}
 	go func() {
-		err := run(ctx, args, func(string) string { return "" }, io.Discard, pw)
+		err := run(ctx, args, func(k string) string { return env[k] }, io.Discard, pw)
 		pw.Close()
 		d.done <- err
 	}()
