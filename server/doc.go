@@ -3,7 +3,9 @@
 // It translates between the poold.v1 protobuf contract and the plain Go values
 // of package pool, maps engine errors to gRPC status codes with an ErrorInfo
 // reason, and assembles the gRPC server: interceptors (metrics, logging,
-// recovery), grpc.health.v1 and server reflection. It holds no pool logic.
+// recovery), grpc.health.v1 and server reflection, and, given a tracer
+// provider, OpenTelemetry spans for each call and the phases of its upstream
+// request. It holds no pool logic.
 //
 //	store, err := server.OpenPolicyStore("policies.json", engine.SetPolicies, time.Now)
 //	srv, err := server.New(server.Config{Engine: engine, Policies: store, Logger: logger})
