@@ -42,8 +42,8 @@ func (s *EgressServer) UpdateEgressRuleSet(ctx context.Context, req *pooldv1.Upd
 }
 
 // DeleteEgressRuleSet removes a rule set.
-func (s *EgressServer) DeleteEgressRuleSet(_ context.Context, req *pooldv1.DeleteEgressRuleSetRequest) (*emptypb.Empty, error) {
-	if err := s.store.DeleteEgress(req.GetName(), req.GetEtag()); err != nil {
+func (s *EgressServer) DeleteEgressRuleSet(ctx context.Context, req *pooldv1.DeleteEgressRuleSetRequest) (*emptypb.Empty, error) {
+	if err := s.store.DeleteEgress(ctx, req.GetName(), req.GetEtag()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil

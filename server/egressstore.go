@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -142,27 +143,28 @@ func (snap *policySnapshot) egressList() []*pooldv1.EgressRuleSet {
 }
 
 // UseEgress makes def (the daemon's flags) the default rule set unless one
-// was saved, and hands every rule set to apply now and after each change.
+// is stored, and hands every rule set to apply now and after each change.
 // It is called once, before serving.
 func (s *PolicyStore) UseEgress(def *pooldv1.EgressRuleSet, apply func([]*pooldv1.EgressRuleSet) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	d := proto.CloneOf(def)
+	d.Name, d.Callers = defaultEgressName, nil
+	if v := egressViolations(defaultEgressID, d, nil, "--egress-"); len(v) > 0 {
+		return invalidArgument(v...)
+	}
+	// Not stored, so it has no revision: the first change creates it.
+	d.Etag = resourceEtag(0, d)
 	old := s.cur.Load()
 	next := old.clone()
 	if _, ok := next.egress[defaultEgressID]; !ok {
-		d := proto.CloneOf(def)
-		d.Name, d.Callers = defaultEgressName, nil
-		if v := egressViolations(defaultEgressID, d, nil, "--egress-"); len(v) > 0 {
-			return invalidArgument(v...)
-		}
-		s.gen++
-		d.Etag = resourceEtag(s.gen, d)
 		next.egress[defaultEgressID] = d
 		next.egressFromFlags = true
 	}
 	if err := apply(next.egressList()); err != nil {
 		return err
 	}
+	s.flagsEgress = d
 	s.applyEgress = apply
 	s.cur.Store(next)
 	return nil
@@ -210,52 +212,83 @@ func (s *PolicyStore) UpdateEgress(ctx context.Context, rs *pooldv1.EgressRuleSe
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
-	old := s.cur.Load()
-	cur, exists := old.egress[id]
-	switch {
-	case !exists && !allowMissing:
-		return nil, notFound(rs.GetName())
-	case !exists:
-		cur = &pooldv1.EgressRuleSet{Name: rs.GetName()}
-	}
-	if rs.GetEtag() != "" && rs.GetEtag() != cur.GetEtag() {
-		return nil, etagMismatch(rs.GetName())
-	}
-	stored := proto.CloneOf(cur)
-	for _, p := range paths {
-		switch p {
-		case "allow":
-			stored.Allow = slices.Clone(rs.GetAllow())
-		case "deny":
-			stored.Deny = slices.Clone(rs.GetDeny())
-		case "default_deny":
-			stored.DefaultDeny = rs.GetDefaultDeny()
-		case "allowed_ports":
-			stored.AllowedPorts = slices.Clone(rs.GetAllowedPorts())
-		case "callers":
-			stored.Callers = slices.Clone(rs.GetCallers())
-		}
-	}
-	if v := egressViolations(id, stored, old.egress, "egress_rule_set."); len(v) > 0 {
-		return nil, invalidArgument(v...)
-	}
-	stored.UpdateTime = timestamppb.New(s.now())
-	s.gen++
-	stored.Etag = resourceEtag(s.gen, stored)
-	next := old.clone()
-	next.egress[id] = stored
-	if id == defaultEgressID {
-		next.egressFromFlags = false
-	}
-	if err := s.commitEgressLocked(old, next); err != nil {
-		s.gen--
+	if err := s.sync.writableLocked(); err != nil {
 		return nil, err
 	}
-	return proto.CloneOf(stored), nil
+	key := egressNamePrefix + id
+	for attempt := 0; ; attempt++ {
+		old := s.cur.Load()
+		cur, exists := old.egress[id]
+		if !exists && attempt == 0 && s.sync.isShared() {
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return nil, s.storeStatus(err)
+			}
+			if _, exists = s.cur.Load().egress[id]; exists {
+				continue
+			}
+		}
+		switch {
+		case !exists && !allowMissing:
+			return nil, notFound(rs.GetName())
+		case !exists:
+			cur = &pooldv1.EgressRuleSet{Name: rs.GetName()}
+		}
+		if rs.GetEtag() != "" && rs.GetEtag() != cur.GetEtag() {
+			if attempt == 0 && etagRevision(rs.GetEtag()) > old.revs[key] {
+				if err := s.refreshLocked(ctx, key); err != nil {
+					return nil, s.storeStatus(err)
+				}
+				continue
+			}
+			return nil, etagMismatch(rs.GetName())
+		}
+		stored := proto.CloneOf(cur)
+		stored.Etag = ""
+		for _, p := range paths {
+			switch p {
+			case "allow":
+				stored.Allow = slices.Clone(rs.GetAllow())
+			case "deny":
+				stored.Deny = slices.Clone(rs.GetDeny())
+			case "default_deny":
+				stored.DefaultDeny = rs.GetDefaultDeny()
+			case "allowed_ports":
+				stored.AllowedPorts = slices.Clone(rs.GetAllowedPorts())
+			case "callers":
+				stored.Callers = slices.Clone(rs.GetCallers())
+			}
+		}
+		if v := egressViolations(id, stored, old.egress, "egress_rule_set."); len(v) > 0 {
+			return nil, invalidArgument(v...)
+		}
+		stored.UpdateTime = timestamppb.New(s.now())
+		next := old.clone()
+		next.egress[id] = stored
+		if id == defaultEgressID {
+			next.egressFromFlags = false
+		}
+		rev, err := s.writeLocked(ctx, old, next, key, stored, old.revs[key])
+		if errors.Is(err, ErrConflict) && rs.GetEtag() == "" && attempt < maxBlindRetries {
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return nil, s.storeStatus(err)
+			}
+			continue
+		}
+		if errors.Is(err, ErrConflict) {
+			return nil, etagMismatch(rs.GetName())
+		}
+		if err != nil {
+			return nil, err
+		}
+		stored.Etag = resourceEtag(uint64(rev), stored)
+		next.revs[key] = rev
+		s.publishLocked(next, rev)
+		return proto.CloneOf(stored), nil
+	}
 }
 
 // DeleteEgress removes a rule set; its callers fall back to the default.
-func (s *PolicyStore) DeleteEgress(name, etag string) error {
+func (s *PolicyStore) DeleteEgress(ctx context.Context, name, etag string) error {
 	id, v := parseEgressName(name, "name")
 	if v != nil {
 		return invalidArgument(*v)
@@ -266,36 +299,46 @@ func (s *PolicyStore) DeleteEgress(name, etag string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.cur.Load()
-	cur, ok := old.egress[id]
-	if !ok {
-		return notFound(name)
-	}
-	if etag != "" && etag != cur.GetEtag() {
-		return etagMismatch(name)
-	}
-	next := old.clone()
-	delete(next.egress, id)
-	return s.commitEgressLocked(old, next)
-}
-
-// commitEgressLocked applies next's rule sets, then saves and publishes
-// next as commitLocked does; on failure the old rule sets are applied
-// again.
-func (s *PolicyStore) commitEgressLocked(old, next *policySnapshot) error {
-	if s.applyEgress != nil {
-		if err := s.applyEgress(next.egressList()); err != nil {
-			return applyStatus(err)
-		}
-	}
-	if err := s.saveLocked(old, next); err != nil {
-		if s.applyEgress != nil {
-			_ = s.applyEgress(old.egressList())
-		}
+	if err := s.sync.writableLocked(); err != nil {
 		return err
 	}
-	s.cur.Store(next)
-	return nil
+	key := egressNamePrefix + id
+	for attempt := 0; ; attempt++ {
+		old := s.cur.Load()
+		cur, ok := old.egress[id]
+		stale := etag != "" && (!ok || etag != cur.GetEtag())
+		if (!ok || stale) && attempt == 0 && (etag == "" || etagRevision(etag) > old.revs[key]) {
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return s.storeStatus(err)
+			}
+			continue
+		}
+		if !ok {
+			return notFound(name)
+		}
+		if stale {
+			return etagMismatch(name)
+		}
+		next := old.clone()
+		delete(next.egress, id)
+		delete(next.revs, key)
+		rev, err := s.writeLocked(ctx, old, next, key, nil, old.revs[key])
+		if errors.Is(err, ErrConflict) && etag == "" && attempt < maxBlindRetries {
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return s.storeStatus(err)
+			}
+			continue
+		}
+		if errors.Is(err, ErrConflict) {
+			return etagMismatch(name)
+		}
+		if err != nil {
+			return err
+		}
+		s.tombstones[key] = rev
+		s.publishLocked(next, rev)
+		return nil
+	}
 }
 
 // parseEgressMask returns the fields an update changes: the mask's paths,

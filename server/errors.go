@@ -63,6 +63,12 @@ const (
 	// ReasonPolicyNotSaved comes with INTERNAL when the policy file could
 	// not be written; the change was rolled back.
 	ReasonPolicyNotSaved = "POLICY_NOT_SAVED"
+	// ReasonPolicyStoreUnavailable comes with UNAVAILABLE when the shared
+	// policy store (etcd) cannot be reached or has not been loaded yet.
+	// Policy changes are idempotent and guarded by etags, so the call can
+	// be sent again as it is; requests keep running under the policies
+	// last applied.
+	ReasonPolicyStoreUnavailable = "POLICY_STORE_UNAVAILABLE"
 )
 
 // errBodyTooLarge reports a response body over the daemon's limit.

@@ -41,7 +41,7 @@ func (s *PolicyServer) UpdatePolicy(ctx context.Context, req *pooldv1.UpdatePoli
 
 // DeletePolicy removes a host policy.
 func (s *PolicyServer) DeletePolicy(ctx context.Context, req *pooldv1.DeletePolicyRequest) (*emptypb.Empty, error) {
-	if err := s.store.Delete(req.GetName(), req.GetEtag()); err != nil {
+	if err := s.store.Delete(ctx, req.GetName(), req.GetEtag()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil

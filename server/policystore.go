@@ -1,17 +1,14 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
+	"log/slog"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +19,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -31,30 +27,46 @@ import (
 	"github.com/poold/poold/pool"
 )
 
-// PolicyStore holds the policies PolicyService serves: the default policy
-// and the host policies, each with its etag and update time. Every change
-// is validated, handed to the engine and saved to the policy file before it
-// is acknowledged; when any step fails nothing changes, so memory, engine
-// and disk agree.
+// PolicyStore holds the policies PolicyService serves and the egress rule
+// sets EgressService serves, each with its etag and update time. It is the
+// policy over a Backend's mechanism: every change is validated, handed to
+// the engine and written to the backend before it is acknowledged, and
+// when any step fails nothing changes, so what callers read, what the
+// engine runs and what the backend holds agree. Over a shared backend
+// (etcd) it also watches the changes other replicas make and applies them
+// through the same path.
 type PolicyStore struct {
-	path  string                     // policy file; "" keeps policies in memory only
-	apply func(pool.PolicySet) error // hands a new set to the engine
-	now   func() time.Time
+	backend      Backend
+	apply        func(pool.PolicySet) error // hands a new set to the engine
+	now          func() time.Time
+	logger       *slog.Logger
+	skipBad      bool
+	writeTimeout time.Duration
 
-	// mu serializes changes. It is held from reading the current snapshot
-	// until the next one is applied and saved, so that two updates cannot
-	// both pass the same etag check, and the engine and the file see
-	// changes in the order callers do.
-	mu  sync.Mutex
-	gen uint64 // guarded by mu: the highest policy version handed out
+	// mu serializes changes, the store's own and those it watches. It is
+	// held from reading the current snapshot until the next one is
+	// applied and published, so that the engine sees changes in the
+	// order callers do.
+	mu sync.Mutex
+	// applyEgress hands the egress rule sets to whoever enforces them;
+	// nil until UseEgress. Guarded by mu.
+	applyEgress func([]*pooldv1.EgressRuleSet) error
+	// flagsEgress is the default rule set the daemon's flags make, in
+	// force while none is stored; nil until UseEgress. Guarded by mu.
+	flagsEgress *pooldv1.EgressRuleSet
+	// tombstones holds the revision of each key deleted since the last
+	// list, so that an older change the watch still delivers cannot bring
+	// it back. Guarded by mu.
+	tombstones map[string]int64
+	// watchRev is the revision the last list or watch batch brought the
+	// store to: a watch resumes after it. Guarded by mu.
+	watchRev int64
 
 	// cur is the latest committed snapshot. Readers load it without mu and
-	// so never wait behind a file write.
+	// so never wait behind a write.
 	cur atomic.Pointer[policySnapshot]
 
-	// applyEgress hands the egress rule sets to whoever enforces them; nil
-	// until UseEgress. Guarded by mu.
-	applyEgress func([]*pooldv1.EgressRuleSet) error
+	sync syncState
 }
 
 // policySnapshot is one state of the store. It is never changed once
@@ -69,33 +81,69 @@ type policySnapshot struct {
 	// one), in resource form with etag and update time.
 	egress map[string]*pooldv1.EgressRuleSet
 	// egressFromFlags says the default rule set is the daemon's flags, not
-	// one saved: it is not written to the file, so the flags keep working
-	// until the default is changed over the API.
+	// one stored.
 	egressFromFlags bool
+	// revs holds the revision of every stored resource by key (its name);
+	// a resource not stored (the default policy or rule set before their
+	// first change) has none, and writing it creates it.
+	revs map[string]int64
 }
 
 // clone returns a copy of snap that can be changed into the next one; the
 // resources are shared, as they are never changed in place.
 func (snap *policySnapshot) clone() *policySnapshot {
 	next := *snap
+	next.set = snap.set.Clone()
 	next.policies = maps.Clone(snap.policies)
 	next.egress = maps.Clone(snap.egress)
+	next.revs = maps.Clone(snap.revs)
 	if next.egress == nil {
 		next.egress = map[string]*pooldv1.EgressRuleSet{}
+	}
+	if next.revs == nil {
+		next.revs = map[string]int64{}
 	}
 	return &next
 }
 
-// file is what the policy file holds for snap.
-func (snap *policySnapshot) file() *pooldv1.PolicyFile {
-	f := &pooldv1.PolicyFile{Policies: snap.list().GetPolicies()}
-	for _, rs := range snap.egressList() {
-		if rs.GetName() == defaultEgressName && snap.egressFromFlags {
-			continue
-		}
-		f.EgressRuleSets = append(f.EgressRuleSets, rs)
+// emptySnapshot is a store holding nothing: the built-in defaults.
+func emptySnapshot() *policySnapshot {
+	def := &pooldv1.Policy{Name: defaultPolicyName}
+	def.Etag = resourceEtag(0, def)
+	return &policySnapshot{
+		policies: map[string]*pooldv1.Policy{"": def},
+		egress:   map[string]*pooldv1.EgressRuleSet{},
+		revs:     map[string]int64{},
 	}
-	return f
+}
+
+// StoreOptions configure NewPolicyStore.
+type StoreOptions struct {
+	// Apply hands each new set of policies to the engine; nil applies
+	// nowhere, for a store used on its own.
+	Apply func(pool.PolicySet) error
+	// Now stamps update_time; nil means time.Now.
+	Now func() time.Time
+	// Logger gets the changes watched and the stored values skipped; nil
+	// discards.
+	Logger *slog.Logger
+	// SkipBadValues logs a stored value that fails validation, naming its
+	// key and field, and leaves it out, instead of refusing to open. A
+	// store shared by replicas sets it: one bad key must not keep every
+	// replica from starting, and the rest of the policies still apply.
+	SkipBadValues bool
+	// RetryLoad opens the store on the built-in defaults when the first
+	// list fails, and keeps listing in the background until one succeeds
+	// (Ready is closed then; writes fail until it is). Without it a failed
+	// first list fails the open.
+	RetryLoad bool
+	// WriteTimeout bounds one write to the backend, so that a backend
+	// that does not answer fails a change quickly rather than holding up
+	// every change behind it. 0 means 2s.
+	WriteTimeout time.Duration
+	// RetryBackoff is the first wait before listing or watching again
+	// after a failure; it doubles up to 30 times that. 0 means 100ms.
+	RetryBackoff time.Duration
 }
 
 // OpenPolicyStore loads the policies saved at path and applies them with
@@ -108,37 +156,80 @@ func (snap *policySnapshot) file() *pooldv1.PolicyFile {
 // protobuf JSON: the policies as PolicyService.ListPolicies returns them
 // (so a file from before egress rule sets, a ListPoliciesResponse, reads
 // the same) and the egress rule sets; it must be valid in full, unknown
-// fields included, or the store does not open. now stamps update_time; nil means time.Now. apply
-// nil applies nowhere, for a store used on its own.
+// fields included, or the store does not open. now stamps update_time; nil
+// means time.Now. apply nil applies nowhere, for a store used on its own.
 func OpenPolicyStore(path string, apply func(pool.PolicySet) error, now func() time.Time) (*PolicyStore, error) {
-	if apply == nil {
-		apply = func(pool.PolicySet) error { return nil }
-	}
-	if now == nil {
-		now = time.Now
-	}
-	s := &PolicyStore{path: path, apply: apply, now: now}
-	var data []byte
-	if path != "" {
-		var err error
-		data, err = os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			err = checkPolicyDir(path)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("policy file %s: %w", path, err)
-		}
-	}
-	snap, gen, err := parsePolicyFile(data)
+	b, err := OpenFileBackend(path)
 	if err != nil {
 		return nil, fmt.Errorf("policy file %s: %w", path, err)
 	}
-	s.gen = gen
-	if err := apply(snap.set); err != nil {
-		return nil, fmt.Errorf("policy file %s: applying the policies: %w", path, err)
+	s, err := NewPolicyStore(b, StoreOptions{Apply: apply, Now: now})
+	if err != nil {
+		return nil, fmt.Errorf("policy file %s: %w", path, err)
 	}
-	s.cur.Store(snap)
 	return s, nil
+}
+
+// NewPolicyStore opens a store over backend: it lists what the backend
+// holds, applies it, and over a shared backend starts watching for the
+// changes others make. Close ends the watch and closes the backend.
+func NewPolicyStore(backend Backend, opts StoreOptions) (*PolicyStore, error) {
+	s := &PolicyStore{
+		backend:      backend,
+		apply:        opts.Apply,
+		now:          opts.Now,
+		logger:       opts.Logger,
+		skipBad:      opts.SkipBadValues,
+		writeTimeout: opts.WriteTimeout,
+		tombstones:   map[string]int64{},
+	}
+	if s.apply == nil {
+		s.apply = func(pool.PolicySet) error { return nil }
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.writeTimeout == 0 {
+		s.writeTimeout = 2 * time.Second
+	}
+	s.sync.init(s.now, opts.RetryBackoff)
+	s.cur.Store(emptySnapshot())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s.sync.stop = cancel
+	s.mu.Lock()
+	err := s.listLocked(ctx, !s.skipBad)
+	s.mu.Unlock()
+	var perr *storedValueError
+	switch {
+	case errors.As(err, &perr), err != nil && !opts.RetryLoad:
+		cancel()
+		return nil, err
+	case err != nil:
+		s.logger.Warn("policy store: listing failed; serving the built-in defaults until it succeeds", "err", err)
+	}
+	if err == nil {
+		w, werr := s.backend.Watch(ctx, s.watchRev+1)
+		if errors.Is(werr, ErrUnshared) {
+			cancel()
+			s.sync.unshared()
+			return s, nil
+		}
+		go s.syncLoop(ctx, w, werr)
+		return s, nil
+	}
+	go s.syncLoop(ctx, nil, err)
+	return s, nil
+}
+
+// Close stops watching the backend and closes it.
+func (s *PolicyStore) Close() error {
+	s.sync.stop()
+	<-s.sync.done
+	return s.backend.Close()
 }
 
 // PolicySet returns the current policies in the engine's form.
@@ -225,54 +316,91 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
-	old := s.cur.Load()
-	cur, exists := old.policies[host]
-	switch {
-	case !exists && !allowMissing:
-		return nil, notFound(p.GetName())
-	case !exists:
-		cur = &pooldv1.Policy{Name: p.GetName()}
-	}
-	// AIP-154: a stale etag, or one sent for a policy that does not exist
-	// yet, means the caller's view is out of date.
-	if p.GetEtag() != "" && p.GetEtag() != cur.GetEtag() {
-		return nil, etagMismatch(p.GetName())
-	}
-
-	pp, violations := toPoolPolicy(m.apply(cur, p))
-	if violations != nil {
-		return nil, invalidArgument(violations...)
-	}
-	next := old.set.Clone()
-	if host == "" {
-		next.Default = pp
-	} else {
-		if next.Hosts == nil {
-			next.Hosts = map[string]pool.Policy{}
-		}
-		next.Hosts[host] = pp
-	}
-	if err := next.Validate(); err != nil {
-		return nil, invalidArgument(policyViolations(err)...)
-	}
-
-	stored := fromPoolPolicy(p.GetName(), pp)
-	stored.UpdateTime = timestamppb.New(s.now())
-	s.gen++
-	stored.Etag = resourceEtag(s.gen, stored)
-	policies := maps.Clone(old.policies)
-	policies[host] = stored
-	if err := s.commitLocked(old, &policySnapshot{set: next, policies: policies}); err != nil {
-		s.gen--
+	if err := s.sync.writableLocked(); err != nil {
 		return nil, err
 	}
-	return shown(host, stored), nil
+	key := policyName(host)
+	for attempt := 0; ; attempt++ {
+		old := s.cur.Load()
+		cur, exists := old.policies[host]
+		if !exists && attempt == 0 && s.sync.isShared() {
+			// It may have been made on another replica since we heard.
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return nil, s.storeStatus(err)
+			}
+			if _, exists = s.cur.Load().policies[host]; exists {
+				continue
+			}
+		}
+		if !exists && !allowMissing {
+			return nil, notFound(p.GetName())
+		}
+		if !exists {
+			cur = &pooldv1.Policy{Name: p.GetName()}
+		}
+		// AIP-154: a stale etag, or one sent for a policy that does not
+		// exist yet, means the caller's view is out of date. One newer
+		// than ours was read from another replica: learn what it saw.
+		if p.GetEtag() != "" && p.GetEtag() != cur.GetEtag() {
+			if attempt == 0 && etagRevision(p.GetEtag()) > old.revs[key] {
+				if err := s.refreshLocked(ctx, key); err != nil {
+					return nil, s.storeStatus(err)
+				}
+				continue
+			}
+			return nil, etagMismatch(p.GetName())
+		}
+
+		pp, violations := toPoolPolicy(m.apply(cur, p))
+		if violations != nil {
+			return nil, invalidArgument(violations...)
+		}
+		next := old.clone()
+		if host == "" {
+			next.set.Default = pp
+		} else {
+			if next.set.Hosts == nil {
+				next.set.Hosts = map[string]pool.Policy{}
+			}
+			next.set.Hosts[host] = pp
+		}
+		if err := next.set.Validate(); err != nil {
+			return nil, invalidArgument(policyViolations(err)...)
+		}
+		stored := fromPoolPolicy(p.GetName(), pp)
+		stored.UpdateTime = timestamppb.New(s.now())
+		next.policies[host] = stored
+		rev, err := s.writeLocked(ctx, old, next, key, stored, old.revs[key])
+		if errors.Is(err, ErrConflict) && p.GetEtag() == "" && attempt < maxBlindRetries {
+			// No etag: the caller asked for its fields whatever the
+			// rest holds now, so merge them into what another replica
+			// wrote and try again.
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return nil, s.storeStatus(err)
+			}
+			continue
+		}
+		if errors.Is(err, ErrConflict) {
+			return nil, etagMismatch(p.GetName())
+		}
+		if err != nil {
+			return nil, err
+		}
+		stored.Etag = resourceEtag(uint64(rev), stored)
+		next.revs[key] = rev
+		s.publishLocked(next, rev)
+		return shown(host, stored), nil
+	}
 }
+
+// maxBlindRetries bounds how often an update without an etag is merged
+// again into what another replica wrote meanwhile.
+const maxBlindRetries = 10
 
 // Delete removes a host policy; its hosts fall back to the next most
 // specific policy. A non-empty etag must match the current one. Errors are
 // gRPC statuses.
-func (s *PolicyStore) Delete(name, etag string) error {
+func (s *PolicyStore) Delete(ctx context.Context, name, etag string) error {
 	host, v := parsePolicyName(name, "name")
 	if v != nil {
 		return invalidArgument(*v)
@@ -281,62 +409,126 @@ func (s *PolicyStore) Delete(name, etag string) error {
 		return policyStatus(codes.FailedPrecondition, ReasonDefaultPolicyRequired, name,
 			"policies/default cannot be deleted; clear its fields with UpdatePolicy instead")
 	}
-
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.cur.Load()
-	cur, ok := old.policies[host]
-	if !ok {
-		return notFound(name)
-	}
-	if etag != "" && etag != cur.GetEtag() {
-		return etagMismatch(name)
-	}
-	next := old.set.Clone()
-	delete(next.Hosts, host)
-	policies := maps.Clone(old.policies)
-	delete(policies, host)
-	return s.commitLocked(old, &policySnapshot{set: next, policies: policies})
-}
-
-// commitLocked makes next current: the engine first, since it may still
-// refuse, then the file, then memory. If saving fails the engine gets old
-// back, so that what callers read, what the engine runs and what a restart
-// loads stay the same.
-func (s *PolicyStore) commitLocked(old, next *policySnapshot) error {
-	if err := s.apply(next.set); err != nil {
-		return applyStatus(err)
-	}
-	if err := s.saveLocked(old, next); err != nil {
-		if rerr := s.apply(old.set); rerr != nil {
-			return fmt.Errorf("%w; restoring the previous policies also failed: %v", err, rerr)
-		}
+	if err := s.sync.writableLocked(); err != nil {
 		return err
 	}
-	s.cur.Store(next)
+	key := policyName(host)
+	for attempt := 0; ; attempt++ {
+		old := s.cur.Load()
+		cur, ok := old.policies[host]
+		stale := etag != "" && (!ok || etag != cur.GetEtag())
+		if (!ok || stale) && attempt == 0 && (etag == "" || etagRevision(etag) > old.revs[key]) {
+			// Made, or changed, on another replica since we heard.
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return s.storeStatus(err)
+			}
+			continue
+		}
+		if !ok {
+			return notFound(name)
+		}
+		if stale {
+			return etagMismatch(name)
+		}
+		next := old.clone()
+		delete(next.set.Hosts, host)
+		delete(next.policies, host)
+		delete(next.revs, key)
+		rev, err := s.writeLocked(ctx, old, next, key, nil, old.revs[key])
+		if errors.Is(err, ErrConflict) && etag == "" && attempt < maxBlindRetries {
+			if err := s.refreshLocked(ctx, key); err != nil {
+				return s.storeStatus(err)
+			}
+			continue
+		}
+		if errors.Is(err, ErrConflict) {
+			return etagMismatch(name)
+		}
+		if err != nil {
+			return err
+		}
+		s.tombstones[key] = rev
+		s.publishLocked(next, rev)
+		return nil
+	}
+}
+
+// writeLocked writes one change, value (nil deletes key) at the key's
+// revision rev, and returns its revision; next is the snapshot it makes.
+// The engine gets next first, since it may still refuse (then nothing is
+// written), and gets old back if the write fails, so that the engine never
+// runs what the backend does not hold for longer than the write takes.
+// ErrConflict is returned as is, for the caller to decide; other errors
+// are gRPC statuses.
+func (s *PolicyStore) writeLocked(ctx context.Context, old, next *policySnapshot, key string, value etagged, rev int64) (int64, error) {
+	egress := strings.HasPrefix(key, egressNamePrefix)
+	if err := s.applyLocked(next, !egress, egress); err != nil {
+		return 0, applyStatus(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.writeTimeout)
+	defer cancel()
+	var newRev int64
+	var err error
+	if value == nil {
+		newRev, err = s.backend.Delete(wctx, key, rev)
+	} else {
+		var data []byte
+		if data, err = encodeResource(value); err == nil {
+			newRev, err = s.backend.Put(wctx, key, data, rev)
+		}
+	}
+	if err != nil {
+		if rerr := s.applyLocked(old, !egress, egress); rerr != nil {
+			s.logger.Error("policy store: restoring the previous policies after a failed write", "key", key, "err", rerr)
+		}
+		if errors.Is(err, ErrConflict) {
+			return 0, err
+		}
+		return 0, s.storeStatus(err)
+	}
+	return newRev, nil
+}
+
+// applyLocked hands snap's policies and rule sets to the engine, as asked.
+func (s *PolicyStore) applyLocked(snap *policySnapshot, policies, egress bool) error {
+	if policies {
+		if err := s.apply(snap.set); err != nil {
+			return err
+		}
+	}
+	if egress && s.applyEgress != nil {
+		if err := s.applyEgress(snap.egressList()); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// saveLocked writes next to the policy file, if there is one. If that
-// fails the file is left holding old (restored if the new contents were
-// already in place), so that a restart loads what callers were told is
-// current.
-func (s *PolicyStore) saveLocked(old, next *policySnapshot) error {
-	if s.path == "" {
-		return nil
+// publishLocked makes next current; rev is the revision it holds.
+func (s *PolicyStore) publishLocked(next *policySnapshot, rev int64) {
+	s.cur.Store(next)
+	s.sync.applied(rev)
+}
+
+// storeStatus maps a backend's failure. The caller hears that the store
+// could not be reached, or that a file could not be written; the log
+// gets the detail, which may name internal addresses.
+func (s *PolicyStore) storeStatus(err error) error {
+	var serr *fileSaveError
+	switch {
+	case errors.As(err, &serr):
+		return policyStatus(codes.Internal, ReasonPolicyNotSaved, "", "not changed: "+serr.Error())
+	case errors.Is(err, ErrStoreUnavailable):
+		s.logger.Warn("policy store unavailable", "err", err)
+		return policyStatus(codes.Unavailable, ReasonPolicyStoreUnavailable, "",
+			"the policy store cannot be reached; the change may not have been made: retry it as it is, or read again")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
 	}
-	renamed, err := writePolicyFile(s.path, next.file())
-	if err == nil {
-		return nil
-	}
-	msg := fmt.Sprintf("not changed: saving %s: %v", s.path, err)
-	if renamed {
-		// The new file is in place but may not survive a crash.
-		if _, werr := writePolicyFile(s.path, old.file()); werr != nil {
-			msg += fmt.Sprintf("; restoring the previous file also failed: %v", werr)
-		}
-	}
-	return policyStatus(codes.Internal, ReasonPolicyNotSaved, "", msg)
+	s.logger.Error("policy store failed", "err", err)
+	return policyStatus(codes.Internal, ReasonPolicyNotSaved, "", "the policy store failed; nothing was changed")
 }
 
 // list returns the snapshot's policies in List order, shared, not copied.
@@ -411,122 +603,6 @@ func policyStatus(code codes.Code, reason, name, msg string) error {
 	return st.Err()
 }
 
-// parsePolicyFile reads a policy file's contents into a snapshot, and
-// returns the highest policy version in it. Empty contents, as left by
-// touch, hold no policies. Errors name the policy and the field at fault,
-// all of them at once, so that one edit fixes the file.
-func parsePolicyFile(data []byte) (*policySnapshot, uint64, error) {
-	// A PolicyFile; a file written before egress rule sets were saved is
-	// a ListPoliciesResponse, which reads the same.
-	var file pooldv1.PolicyFile
-	if len(bytes.TrimSpace(data)) > 0 {
-		if err := protojson.Unmarshal(data, &file); err != nil {
-			return nil, 0, err
-		}
-	}
-	snap := &policySnapshot{policies: map[string]*pooldv1.Policy{}, egress: map[string]*pooldv1.EgressRuleSet{}}
-	var problems []string
-	for i, rs := range file.GetEgressRuleSets() {
-		id, v := parseEgressName(rs.GetName(), "name")
-		switch {
-		case v != nil:
-			problems = append(problems, fmt.Sprintf("egress_rule_sets[%d] (%q): name: %s", i, rs.GetName(), v.Reason))
-			continue
-		case snap.egress[id] != nil:
-			problems = append(problems, fmt.Sprintf("%s: listed twice", rs.GetName()))
-			continue
-		}
-		if t := rs.GetUpdateTime(); t != nil && t.CheckValid() != nil {
-			problems = append(problems, fmt.Sprintf("%s: update_time: not a valid timestamp", rs.GetName()))
-		}
-		snap.egress[id] = rs
-	}
-	for id, rs := range snap.egress {
-		for _, v := range egressViolations(id, rs, snap.egress, "") {
-			problems = append(problems, fmt.Sprintf("%s: %s: %s", rs.GetName(), v.Field, v.Reason))
-		}
-	}
-	for i, p := range file.GetPolicies() {
-		host, v := parsePolicyName(p.GetName(), "name")
-		if v != nil {
-			problems = append(problems, fmt.Sprintf("policies[%d] (%q): name: %s", i, p.GetName(), v.Reason))
-			continue
-		}
-		if _, dup := snap.policies[host]; dup {
-			problems = append(problems, fmt.Sprintf("%s: listed twice", p.GetName()))
-			continue
-		}
-		pp, violations := toPoolPolicy(p)
-		for _, v := range violations {
-			problems = append(problems, fmt.Sprintf("%s: %s: %s", p.GetName(), strings.TrimPrefix(v.Field, "policy."), v.Reason))
-		}
-		if t := p.GetUpdateTime(); t != nil && t.CheckValid() != nil {
-			problems = append(problems, fmt.Sprintf("%s: update_time: not a valid timestamp", p.GetName()))
-		}
-		if host == "" {
-			snap.set.Default = pp
-		} else {
-			if snap.set.Hosts == nil {
-				snap.set.Hosts = map[string]pool.Policy{}
-			}
-			snap.set.Hosts[host] = pp
-		}
-		stored := fromPoolPolicy(p.GetName(), pp)
-		stored.UpdateTime = p.GetUpdateTime()
-		stored.Etag = p.GetEtag()
-		snap.policies[host] = stored
-	}
-	if problems == nil {
-		if err := snap.set.Validate(); err != nil {
-			// PolicyError reads "policies/{host}: field: reason".
-			if joined, ok := err.(interface{ Unwrap() []error }); ok {
-				for _, e := range joined.Unwrap() {
-					problems = append(problems, e.Error())
-				}
-			} else {
-				problems = append(problems, err.Error())
-			}
-		}
-	}
-	if problems != nil {
-		return nil, 0, errors.New(strings.Join(problems, "; "))
-	}
-	if _, ok := snap.policies[""]; !ok {
-		snap.policies[""] = &pooldv1.Policy{Name: defaultPolicyName}
-	}
-
-	// Keep the saved etags, so callers holding one can still use it after
-	// a restart, unless the policy no longer matches its etag (the file
-	// was edited by hand): that policy gets a new version above all others.
-	var gen uint64
-	var stale []string
-	for _, host := range slices.Sorted(maps.Keys(snap.policies)) {
-		p := snap.policies[host]
-		if version, ok := etagVersion(p); ok {
-			gen = max(gen, version)
-		} else {
-			stale = append(stale, host)
-		}
-	}
-	for _, host := range stale {
-		gen++
-		snap.policies[host].Etag = resourceEtag(gen, snap.policies[host])
-	}
-	var staleSets []string
-	for _, id := range slices.Sorted(maps.Keys(snap.egress)) {
-		if version, ok := etagVersion(snap.egress[id]); ok {
-			gen = max(gen, version)
-		} else {
-			staleSets = append(staleSets, id)
-		}
-	}
-	for _, id := range staleSets {
-		gen++
-		snap.egress[id].Etag = resourceEtag(gen, snap.egress[id])
-	}
-	return snap, gen, nil
-}
-
 // etagged is a resource with an etag: a policy or an egress rule set.
 type etagged interface {
 	proto.Message
@@ -552,6 +628,17 @@ func resourceEtag(version uint64, r etagged) string {
 	return strconv.FormatUint(version, 10) + "-" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:15])
 }
 
+// etagRevision is the revision an etag was made at, as far as it tells;
+// 0 for one that is not poold's.
+func etagRevision(etag string) int64 {
+	v, _, _ := strings.Cut(etag, "-")
+	rev, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || rev < 0 {
+		return 0
+	}
+	return rev
+}
+
 // etagVersion returns the version in p's etag when the etag is one
 // resourceEtag made for p as it is now.
 func etagVersion(p etagged) (uint64, bool) {
@@ -564,72 +651,4 @@ func etagVersion(p etagged) (uint64, bool) {
 		return 0, false
 	}
 	return version, true
-}
-
-// checkPolicyDir makes a missing policy file fail at start rather than at
-// the first change when the file could never be written.
-func checkPolicyDir(path string) error {
-	dir := filepath.Dir(path)
-	st, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
-	}
-	return nil
-}
-
-// writePolicyFile replaces the file at path with list so that a crash at
-// any point leaves either the old file or the new one, never a mix: the
-// contents go to a temporary file in the same directory, are synced, and
-// the file is renamed over path; syncing the directory then makes the
-// rename itself durable. A temporary file left by a crash is never read.
-// renamed reports that path holds the new contents even though err is set.
-func writePolicyFile(path string, contents *pooldv1.PolicyFile) (renamed bool, err error) {
-	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(contents)
-	if err != nil {
-		return false, err
-	}
-	data = append(data, '\n')
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return false, err
-	}
-	tmp := f.Name()
-	err = func() error {
-		defer f.Close()
-		// Keep the mode an operator gave the file. A new one is 0600,
-		// as CreateTemp makes it: a proxy URL may hold a password.
-		if st, err := os.Stat(path); err == nil {
-			if err := f.Chmod(st.Mode().Perm()); err != nil {
-				return err
-			}
-		}
-		if _, err := f.Write(data); err != nil {
-			return err
-		}
-		if err := f.Sync(); err != nil {
-			return err
-		}
-		return f.Close()
-	}()
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return false, err
-	}
-	return true, syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
