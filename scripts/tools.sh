@@ -26,3 +26,15 @@ install buf "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
 install protoc-gen-go "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
 install protoc-gen-go-grpc "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
 install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+
+# etcd for the tests of the shared policy store. Its server module has
+# replace directives, which go install refuses, so tools/etcd is a module of
+# its own that requires it (poold's go.mod never takes the server's
+# dependencies) and builds etcd's own main. The pin is in tools/etcd/go.mod.
+ETCD_VERSION=$(cd tools/etcd && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+etcd_stamp="$bin/.etcd.version"
+if [[ ! -x "$bin/etcd" || ! -f "$etcd_stamp" || "$(cat "$etcd_stamp")" != "$ETCD_VERSION" ]]; then
+  echo "tools: building etcd $ETCD_VERSION" >&2
+  (cd tools/etcd && CGO_ENABLED=0 go build -trimpath -o "$bin/etcd" .)
+  echo "$ETCD_VERSION" >"$etcd_stamp"
+fi

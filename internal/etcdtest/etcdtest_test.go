@@ -1,0 +1,33 @@
+package etcdtest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestAClusterKeepsWritingWithOneMemberDownAndNotWithTwo(t *testing.T) {
+	c := Start(t, 3)
+	client := c.Client(t)
+	put := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, err := client.Put(ctx, "k", "v")
+		return err
+	}
+	if err := put(5 * time.Second); err != nil {
+		t.Fatalf("a healthy cluster refused a write: %v", err)
+	}
+	c.Kill(0)
+	if err := put(5 * time.Second); err != nil {
+		t.Fatalf("two of three members refused a write: %v", err)
+	}
+	c.Kill(1)
+	if err := put(time.Second); err == nil {
+		t.Fatal("one member of three took a write")
+	}
+	c.Restart(0)
+	if err := put(5 * time.Second); err != nil {
+		t.Fatalf("a restored quorum refused a write: %v", err)
+	}
+}
