@@ -195,13 +195,19 @@ func NewPolicyStore(backend Backend, opts StoreOptions) (*PolicyStore, error) {
 	if s.writeTimeout == 0 {
 		s.writeTimeout = 2 * time.Second
 	}
-	s.sync.init(s.now, opts.RetryBackoff)
+	s.sync.init(opts.RetryBackoff)
 	s.cur.Store(emptySnapshot())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	s.sync.stop = cancel
 	s.mu.Lock()
-	err := s.listLocked(ctx, !s.skipBad)
+	// A store that may open without its backend should not hold the
+	// daemon's start up for long; one that must list waits longer.
+	timeout := listTimeout
+	if opts.RetryLoad {
+		timeout = s.writeTimeout
+	}
+	err := s.listLocked(ctx, !s.skipBad, timeout)
 	s.mu.Unlock()
 	var perr *storedValueError
 	switch {

@@ -46,6 +46,8 @@ type Watcher interface {
 	// another error when the watch broke. A batch with no events says
 	// the watcher is up to date at its revision.
 	Next() (WatchBatch, error)
+	// Close ends the watch and releases what it holds.
+	Close() error
 }
 
 // Record is one stored resource.

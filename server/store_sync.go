@@ -34,8 +34,10 @@ type syncState struct {
 	readyOnce sync.Once
 }
 
-func (st *syncState) init(now func() time.Time, backoff time.Duration) {
-	st.now = now
+func (st *syncState) init(backoff time.Duration) {
+	// Real time, not the store's clock for update_time: staleness is
+	// measured, and testing/synctest stands in for it in tests.
+	st.now = time.Now
 	st.backoff = backoff
 	if st.backoff <= 0 {
 		st.backoff = 100 * time.Millisecond
@@ -111,8 +113,10 @@ func (e *storedValueError) Error() string { return strings.Join(e.problems, "; "
 // listLocked replaces the store's contents with what the backend holds
 // and applies them at once. With strict, a bad stored value fails it and
 // changes nothing; otherwise bad values are logged and left out.
-func (s *PolicyStore) listLocked(ctx context.Context, strict bool) error {
-	records, rev, err := s.backend.List(ctx)
+func (s *PolicyStore) listLocked(ctx context.Context, strict bool, timeout time.Duration) error {
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	records, rev, err := s.backend.List(lctx)
 	if err != nil {
 		return err
 	}
@@ -372,6 +376,10 @@ func (s *PolicyStore) removeRecord(next *policySnapshot, key string) {
 	delete(next.policies, host)
 }
 
+// listTimeout bounds a list in the background; a large prefix may take
+// longer than one write.
+const listTimeout = 5 * time.Second
+
 // syncLoop keeps the store current with a shared backend until Close: it
 // applies what the watch delivers; when the watch breaks it waits (with
 // backoff, unless the revision was compacted, where waiting gains
@@ -379,6 +387,11 @@ func (s *PolicyStore) removeRecord(next *policySnapshot, key string) {
 // nil with why when there is none yet.
 func (s *PolicyStore) syncLoop(ctx context.Context, w Watcher, why error) {
 	defer close(s.sync.done)
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
 	wait := s.sync.backoff
 	for {
 		if w == nil {
@@ -393,7 +406,7 @@ func (s *PolicyStore) syncLoop(ctx context.Context, w Watcher, why error) {
 				wait = min(2*wait, 30*s.sync.backoff)
 			}
 			s.mu.Lock()
-			err := s.listLocked(ctx, false)
+			err := s.listLocked(ctx, false, listTimeout)
 			rev := s.watchRev
 			s.mu.Unlock()
 			if ctx.Err() != nil {
@@ -417,6 +430,7 @@ func (s *PolicyStore) syncLoop(ctx context.Context, w Watcher, why error) {
 		if err != nil {
 			s.sync.restarts.Add(1)
 			s.logger.Warn("policy store: the watch broke; listing again", "err", err)
+			w.Close()
 			w, why = nil, err
 			continue
 		}

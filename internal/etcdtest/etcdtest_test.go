@@ -27,6 +27,7 @@ func TestAClusterKeepsWritingWithOneMemberDownAndNotWithTwo(t *testing.T) {
 		t.Fatal("one member of three took a write")
 	}
 	c.Restart(0)
+	c.WaitHealthy(0)
 	if err := put(5 * time.Second); err != nil {
 		t.Fatalf("a restored quorum refused a write: %v", err)
 	}
