@@ -27,12 +27,14 @@ type EgressServer struct {
 func NewEgressServer(store *PolicyStore) *EgressServer { return &EgressServer{store: store} }
 
 // GetEgressRuleSet returns one rule set.
-func (s *EgressServer) GetEgressRuleSet(_ context.Context, req *pooldv1.GetEgressRuleSetRequest) (*pooldv1.EgressRuleSet, error) {
+func (s *EgressServer) GetEgressRuleSet(ctx context.Context, req *pooldv1.GetEgressRuleSetRequest) (*pooldv1.EgressRuleSet, error) {
+	sayStaleness(ctx, s.store)
 	return s.store.GetEgress(req.GetName())
 }
 
 // ListEgressRuleSets returns every rule set, the default first.
-func (s *EgressServer) ListEgressRuleSets(context.Context, *pooldv1.ListEgressRuleSetsRequest) (*pooldv1.ListEgressRuleSetsResponse, error) {
+func (s *EgressServer) ListEgressRuleSets(ctx context.Context, _ *pooldv1.ListEgressRuleSetsRequest) (*pooldv1.ListEgressRuleSetsResponse, error) {
+	sayStaleness(ctx, s.store)
 	return s.store.ListEgress(), nil
 }
 

@@ -165,15 +165,35 @@ func (b *EtcdBackend) txn(ctx context.Context, key string, rev int64, op clientv
 		cmp = clientv3.Compare(clientv3.CreateRevision(b.prefix+key), "=", 0)
 	}
 	// Without a leader a write cannot commit; the member says so at once
-	// rather than when the caller's time runs out.
-	resp, err := b.client.Txn(clientv3.WithRequireLeader(ctx)).If(cmp).Then(op).Commit()
-	if err != nil {
-		return 0, etcdError(err)
+	// rather than when the caller's time runs out. A member lost or a
+	// leader being elected is over within the caller's time, so the
+	// write is tried again meanwhile: the comparison makes that safe, as
+	// a try that did commit fails the next one with ErrConflict.
+	wait := 25 * time.Millisecond
+	for {
+		resp, err := b.client.Txn(clientv3.WithRequireLeader(ctx)).If(cmp).Then(op).Commit()
+		if err == nil && !resp.Succeeded {
+			return 0, ErrConflict
+		}
+		if err == nil {
+			return resp.Header.Revision, nil
+		}
+		err = etcdError(err)
+		if !errors.Is(err, ErrStoreUnavailable) {
+			return 0, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, err
+		case <-t.C:
+		}
+		wait = min(2*wait, 400*time.Millisecond)
+		if err := b.connected(); err != nil {
+			return 0, err
+		}
 	}
-	if !resp.Succeeded {
-		return 0, ErrConflict
-	}
-	return resp.Header.Revision, nil
 }
 
 // connected fails at once when the client knows it reaches no member, so

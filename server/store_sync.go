@@ -112,14 +112,24 @@ func (e *storedValueError) Error() string { return strings.Join(e.problems, "; "
 
 // listLocked replaces the store's contents with what the backend holds
 // and applies them at once. With strict, a bad stored value fails it and
-// changes nothing; otherwise bad values are logged and left out.
+// changes nothing; otherwise bad values are logged and left out. It is
+// called with mu held but lets go of it while the backend answers, so
+// that a slow list does not hold up a change, which fails fast instead.
 func (s *PolicyStore) listLocked(ctx context.Context, strict bool, timeout time.Duration) error {
+	s.mu.Unlock()
 	lctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	records, rev, err := s.backend.List(lctx)
+	cancel()
+	s.mu.Lock()
 	if err != nil {
 		return err
 	}
+	// A change this store made while the list was read may be newer
+	// than the list: it stays, and so does a deletion.
+	cur := s.cur.Load()
+	records = slices.DeleteFunc(records, func(r Record) bool {
+		return r.Revision < max(cur.revs[r.Key], s.tombstones[r.Key])
+	})
 	next := emptySnapshot()
 	next.egressFromFlags = false
 	if s.flagsEgress != nil {
@@ -132,6 +142,12 @@ func (s *PolicyStore) listLocked(ctx context.Context, strict bool, timeout time.
 			problems = append(problems, p...)
 		}
 	}
+	for key, r := range cur.revs {
+		if r <= rev || slices.ContainsFunc(records, func(rec Record) bool { return rec.Key == key }) {
+			continue
+		}
+		keepRecord(next, cur, key)
+	}
 	if problems != nil {
 		if strict {
 			return &storedValueError{problems: problems}
@@ -143,11 +159,37 @@ func (s *PolicyStore) listLocked(ctx context.Context, strict bool, timeout time.
 	if err := s.applyLocked(next, true, true); err != nil {
 		return fmt.Errorf("applying the policies: %w", err)
 	}
-	clear(s.tombstones)
+	for key, r := range s.tombstones {
+		if r <= rev {
+			delete(s.tombstones, key)
+		}
+	}
 	s.watchRev = rev
 	s.cur.Store(next)
 	s.sync.synced(rev, true)
 	return nil
+}
+
+// keepRecord copies the resource under key from cur into next, as it is.
+func keepRecord(next, cur *policySnapshot, key string) {
+	next.revs[key] = cur.revs[key]
+	if id, ok := strings.CutPrefix(key, egressNamePrefix); ok {
+		next.egress[id] = cur.egress[id]
+		if id == defaultEgressID {
+			next.egressFromFlags = false
+		}
+		return
+	}
+	host, _ := parsePolicyName(key, "name")
+	next.policies[host] = cur.policies[host]
+	if host == "" {
+		next.set.Default = cur.set.Default
+		return
+	}
+	if next.set.Hosts == nil {
+		next.set.Hosts = map[string]pool.Policy{}
+	}
+	next.set.Hosts[host] = cur.set.Hosts[host]
 }
 
 // applyBatchLocked applies the changes a watch delivered, at once. A

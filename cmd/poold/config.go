@@ -27,6 +27,13 @@ type config struct {
 	maxBodySize    byteSize
 	maxBuffered    byteSize
 	policyFile     string
+	policyStore    *etcdStore // nil: --policy-file or memory
+	startStale     bool
+	etcdCAFile     string
+	etcdCertFile   string
+	etcdKeyFile    string
+	etcdUsername   string
+	etcdPassFile   string
 	debugListen    string
 	httpAPIListen  string
 	debugPublic    bool
@@ -126,6 +133,17 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Func("debug-listen", "address serving net/http/pprof for profiling, host:port on loopback (empty = off)", listenAddr(&cfg.debugListen))
 	fs.BoolVar(&cfg.debugPublic, "debug-listen-public", false, "allow --debug-listen on an address other hosts can reach")
 	fs.StringVar(&cfg.policyFile, "policy-file", "", "JSON file the policies are loaded from and every change is saved to (empty = policies live in memory only)")
+	fs.Func("policy-store", "policies and egress rule sets shared by replicas in etcd: etcd://HOST:PORT[,HOST:PORT...]/PREFIX (exclusive with --policy-file)", func(v string) error {
+		st, err := parseEtcdStore(v)
+		cfg.policyStore = st
+		return err
+	})
+	fs.BoolVar(&cfg.startStale, "policy-store-start-stale", false, "report ready on the built-in defaults when --policy-store cannot be reached at start, instead of waiting for the first full read")
+	fs.StringVar(&cfg.etcdCAFile, "etcd-ca-file", "", "PEM CA that etcd's certificate chains to (turns on TLS to etcd)")
+	fs.StringVar(&cfg.etcdCertFile, "etcd-cert-file", "", "PEM client certificate for etcd (with --etcd-key-file; turns on TLS to etcd)")
+	fs.StringVar(&cfg.etcdKeyFile, "etcd-key-file", "", "PEM private key for --etcd-cert-file")
+	fs.StringVar(&cfg.etcdUsername, "etcd-username", "", "user for etcd's auth (with --etcd-password-file)")
+	fs.StringVar(&cfg.etcdPassFile, "etcd-password-file", "", "file holding the password of --etcd-username")
 	fs.StringVar(&cfg.upstreamCAFile, "upstream-ca-file", "", "PEM file of CA certificates trusted for upstream TLS, in addition to the system roots")
 	fs.IntVar(&cfg.metricsHosts, "metrics-max-hosts", cfg.metricsHosts, "hosts with their own label in pool metrics, the first ones reached; the rest are summed under host=\"_other\"")
 	fs.DurationVar(&cfg.idlePool, "idle-pool-timeout", cfg.idlePool, "how long a host pool with no connections and no requests is kept before its memory is returned; its counters stay in the metrics (0 = keep every pool)")
@@ -211,6 +229,10 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		{cfg.streamWindow != 0 && (cfg.streamWindow < 64<<10 || cfg.streamWindow > 128<<20), "--grpc-stream-window", &cfg.streamWindow, "must be from 64KiB to 128MiB"},
 		{(cfg.tlsCert == "") != (cfg.tlsKey == ""), "--tls-key", cfg.tlsKey, "--tls-cert and --tls-key go together"},
 		{cfg.clientCA != "" && cfg.tlsCert == "", "--client-ca", cfg.clientCA, "needs --tls-cert and --tls-key"},
+		{cfg.policyStore != nil && cfg.policyFile != "", "--policy-store", cfg.policyStore, "--policy-store and --policy-file are exclusive: policies live in etcd or in a file"},
+		{cfg.policyStore == nil && (cfg.etcdCAFile != "" || cfg.etcdCertFile != "" || cfg.etcdUsername != "" || cfg.etcdPassFile != "" || cfg.startStale), "--policy-store", "", "the --etcd-* flags and --policy-store-start-stale need --policy-store"},
+		{(cfg.etcdCertFile == "") != (cfg.etcdKeyFile == ""), "--etcd-key-file", cfg.etcdKeyFile, "--etcd-cert-file and --etcd-key-file go together"},
+		{(cfg.etcdUsername == "") != (cfg.etcdPassFile == ""), "--etcd-password-file", cfg.etcdPassFile, "--etcd-username and --etcd-password-file go together"},
 		{checkDebugListen(cfg.debugListen, cfg.debugPublic) != nil, "--debug-listen", cfg.debugListen, fmt.Sprint(checkDebugListen(cfg.debugListen, cfg.debugPublic))},
 	} {
 		if check.bad {
@@ -340,4 +362,42 @@ func (l *portList) Set(s string) error {
 		*l = append(*l, uint16(n))
 	}
 	return nil
+}
+
+// etcdStore is a --policy-store value: where in etcd the policies are.
+type etcdStore struct {
+	endpoints []string
+	prefix    string
+}
+
+func (e *etcdStore) String() string {
+	if e == nil {
+		return ""
+	}
+	return "etcd://" + strings.Join(e.endpoints, ",") + e.prefix
+}
+
+// parseEtcdStore reads etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
+func parseEtcdStore(v string) (*etcdStore, error) {
+	const want = "want etcd://HOST:PORT[,HOST:PORT...]/PREFIX, e.g. etcd://10.0.0.1:2379,10.0.0.2:2379/poold"
+	rest, ok := strings.CutPrefix(v, "etcd://")
+	if !ok {
+		return nil, fmt.Errorf("%s", want)
+	}
+	hosts, prefix, ok := strings.Cut(rest, "/")
+	if !ok || strings.Trim(prefix, "/") == "" {
+		return nil, fmt.Errorf("no key prefix: %s", want)
+	}
+	st := &etcdStore{prefix: "/" + strings.Trim(prefix, "/")}
+	for _, h := range strings.Split(hosts, ",") {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("endpoint %q is not HOST:PORT: %s", h, want)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return nil, fmt.Errorf("endpoint %q: port %q is not a number from 1 to 65535", h, port)
+		}
+		st.endpoints = append(st.endpoints, h)
+	}
+	return st, nil
 }

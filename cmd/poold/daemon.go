@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,13 +58,14 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 
 // daemon owns the listeners and servers of one poold process.
 type daemon struct {
-	cfg     *config
-	engine  *pool.Engine
-	logger  *slog.Logger
-	grpc    *server.Server
-	grpcLis net.Listener
-	httpLis net.Listener
-	http    *http.Server
+	cfg      *config
+	engine   *pool.Engine
+	policies *server.PolicyStore
+	logger   *slog.Logger
+	grpc     *server.Server
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	http     *http.Server
 	// debugLis and debug serve pprof; nil without --debug-listen.
 	debugLis net.Listener
 	debug    *http.Server
@@ -168,12 +170,17 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	}
 	// The store applies the saved policies to the engine before anything
 	// is served, so no request runs under the built-in defaults by mistake.
-	policies, err := server.OpenPolicyStore(cfg.policyFile, engine.SetPolicies, time.Now)
+	policies, err := openPolicies(cfg, engine, logger)
 	if err != nil {
 		cleanup()
 		return nil, err
 	}
-	registry.MustRegister(server.NewPoolCollector(engine))
+	cleanup = func() {
+		policies.Close()
+		engine.Close()
+		closeListeners()
+	}
+	registry.MustRegister(server.NewPoolCollector(engine), server.NewPolicyStoreCollector(policies))
 	var tokenFiles []*server.TokenFile
 	loadTokens := func(flag, path string) (*server.TokenFile, error) {
 		if path == "" {
@@ -199,7 +206,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 	var listenerTLS *server.ListenerTLS
 	if cfg.tlsCert != "" {
 		if listenerTLS, err = server.NewListenerTLS(cfg.tlsCert, cfg.tlsKey, cfg.clientCA); err != nil {
-			engine.Close()
+			cleanup()
 			return nil, err
 		}
 	}
@@ -257,7 +264,7 @@ func newDaemon(cfg *config, logger *slog.Logger) (*daemon, error) {
 		cleanup()
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, engine: engine, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis, tokenFiles: tokenFiles, traces: traces}
+	d := &daemon{cfg: cfg, engine: engine, policies: policies, logger: logger, grpc: srv, grpcLis: grpcLis, httpLis: httpLis, tokenFiles: tokenFiles, traces: traces}
 	d.http = &http.Server{
 		Handler:           d.httpHandler(registry),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -344,7 +351,6 @@ func (d *daemon) serve(ctx context.Context) error {
 		stopReload()
 		<-reloadDone
 	}()
-	d.grpc.SetServing()
 	listening := []any{"grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String()}
 	if d.apiLis != nil {
 		listening = append(listening, "http_api", d.apiLis.Addr().String())
@@ -354,12 +360,26 @@ func (d *daemon) serve(ctx context.Context) error {
 	}
 	d.logger.Info("poold listening", listening...)
 
+	// Ready only once the policies are loaded, so that a balancer sends
+	// nothing to a replica that would run it under the built-in defaults,
+	// unless the operator chose to start stale.
+	ready := d.policies.Ready()
+	if d.cfg.startStale {
+		ready = closedChan
+	}
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		d.logger.Info("shutting down", "delay", d.cfg.shutdownDelay, "grace", d.cfg.shutdownGrace)
-	case serveErr = <-errc:
-		d.logger.Error("server failed", "err", serveErr)
+	for waiting := true; waiting; {
+		select {
+		case <-ready:
+			d.grpc.SetServing()
+			ready = nil
+		case <-ctx.Done():
+			d.logger.Info("shutting down", "delay", d.cfg.shutdownDelay, "grace", d.cfg.shutdownGrace)
+			waiting = false
+		case serveErr = <-errc:
+			d.logger.Error("server failed", "err", serveErr)
+			waiting = false
+		}
 	}
 
 	start := time.Now()
@@ -372,6 +392,9 @@ func (d *daemon) serve(ctx context.Context) error {
 		// Every call has ended, and with it every span: send what is
 		// buffered before the process is gone.
 		flushTraces(d.traces, d.logger)
+	}
+	if err := d.policies.Close(); err != nil {
+		d.logger.Warn("closing the policy store", "err", err)
 	}
 	// Only now that no RPC can use it does the engine close its conns.
 	if err := d.engine.Close(); err != nil {
@@ -429,4 +452,48 @@ func (d *daemon) reloadTokens(ctx context.Context) {
 
 func listenAddrPort(l net.Listener) netip.AddrPort {
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// openPolicies opens the store --policy-store or --policy-file names. One
+// in etcd opens even while etcd is down: it serves the built-in defaults
+// and is not ready until its first full read, and a stored value that
+// fails validation is logged and left out rather than keeping every
+// replica from starting.
+func openPolicies(cfg *config, engine *pool.Engine, logger *slog.Logger) (*server.PolicyStore, error) {
+	if cfg.policyStore == nil {
+		return server.OpenPolicyStore(cfg.policyFile, engine.SetPolicies, time.Now)
+	}
+	etcd := server.EtcdConfig{
+		Endpoints: cfg.policyStore.endpoints,
+		Prefix:    cfg.policyStore.prefix,
+		CAFile:    cfg.etcdCAFile,
+		CertFile:  cfg.etcdCertFile,
+		KeyFile:   cfg.etcdKeyFile,
+		Username:  cfg.etcdUsername,
+	}
+	if cfg.etcdPassFile != "" {
+		pw, err := os.ReadFile(cfg.etcdPassFile)
+		if err != nil {
+			return nil, &usageError{msg: fmt.Sprintf("--etcd-password-file: %v", err)}
+		}
+		etcd.Password = strings.TrimRight(string(pw), "\r\n")
+	}
+	backend, err := server.OpenEtcdBackend(etcd)
+	if err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("--policy-store: %v", err)}
+	}
+	store, err := server.NewPolicyStore(backend, server.StoreOptions{
+		Apply:         engine.SetPolicies,
+		Now:           time.Now,
+		Logger:        logger,
+		SkipBadValues: true,
+		RetryLoad:     true,
+	})
+	if err != nil {
+		backend.Close()
+		return nil, err
+	}
+	return store, nil
 }
