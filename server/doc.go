@@ -12,4 +12,13 @@
 //	defer srv.Stop(10 * time.Second)
 //	go srv.GRPC.Serve(lis)
 //	srv.SetServing()
+//
+// Policies and egress rule sets are kept by a PolicyStore over a Backend:
+// a policy file (OpenPolicyStore) for one process, or etcd for replicas
+// that share them, each watching what the others write:
+//
+//	backend, err := server.OpenEtcdBackend(server.EtcdConfig{Endpoints: endpoints, Prefix: "/poold"})
+//	store, err := server.NewPolicyStore(backend, server.StoreOptions{Apply: engine.SetPolicies, SkipBadValues: true, RetryLoad: true})
+//	<-store.Ready() // the first full read is applied
+//	defer store.Close()
 package server

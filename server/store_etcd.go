@@ -164,24 +164,37 @@ func (b *EtcdBackend) txn(ctx context.Context, key string, rev int64, op clientv
 	if rev == 0 {
 		cmp = clientv3.Compare(clientv3.CreateRevision(b.prefix+key), "=", 0)
 	}
-	// Without a leader a write cannot commit; the member says so at once
-	// rather than when the caller's time runs out. A member lost or a
-	// leader being elected is over within the caller's time, so the
-	// write is tried again meanwhile: the comparison makes that safe, as
-	// a try that did commit fails the next one with ErrConflict.
+	// A member lost, or a leader being elected, is over within the
+	// caller's time, so a write that fails so is tried again meanwhile.
+	// Each try gets a part of the time only: a proposal forwarded to a
+	// leader that just died waits for the server's own timeout, far
+	// longer than a new election takes.
 	wait := 25 * time.Millisecond
+	ambiguous := false // an earlier try may have committed
 	for {
-		resp, err := b.client.Txn(clientv3.WithRequireLeader(ctx)).If(cmp).Then(op).Commit()
-		if err == nil && !resp.Succeeded {
-			return 0, ErrConflict
-		}
-		if err == nil {
+		actx, cancel := context.WithTimeout(ctx, txnAttemptTimeout)
+		// Without a leader a write cannot commit; the member says so
+		// at once rather than when the time runs out.
+		resp, err := b.client.Txn(clientv3.WithRequireLeader(actx)).If(cmp).Then(op).Commit()
+		cancel()
+		switch {
+		case err == nil && resp.Succeeded:
 			return resp.Header.Revision, nil
+		case err == nil && ambiguous:
+			// The comparison failed: maybe because an earlier try of
+			// this very write committed. Its value says so.
+			if rev, ok := b.committed(ctx, key, op); ok {
+				return rev, nil
+			}
+			return 0, ErrConflict
+		case err == nil:
+			return 0, ErrConflict
 		}
 		err = etcdError(err)
 		if !errors.Is(err, ErrStoreUnavailable) {
 			return 0, err
 		}
+		ambiguous = true
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -194,6 +207,25 @@ func (b *EtcdBackend) txn(ctx context.Context, key string, rev int64, op clientv
 			return 0, err
 		}
 	}
+}
+
+// txnAttemptTimeout bounds one try of a write; see txn.
+const txnAttemptTimeout = 750 * time.Millisecond
+
+// committed reports whether op is what key holds now, and at which
+// revision: the write a try whose answer was lost made. A value holds its
+// update time to the nanosecond, so another writer's is never the same.
+func (b *EtcdBackend) committed(ctx context.Context, key string, op clientv3.Op) (int64, bool) {
+	rec, ok, err := b.Get(ctx, key)
+	switch {
+	case err != nil:
+		return 0, false
+	case op.IsDelete():
+		return 0, false // a deletion leaves nothing to recognise
+	case ok && string(rec.Value) == string(op.ValueBytes()):
+		return rec.Revision, true
+	}
+	return 0, false
 }
 
 // connected fails at once when the client knows it reaches no member, so
