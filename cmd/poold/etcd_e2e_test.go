@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -386,4 +387,65 @@ func etagRev(etag string) int64 {
 	v, _, _ := strings.Cut(etag, "-")
 	n, _ := strconv.ParseInt(v, 10, 64)
 	return n
+}
+
+func TestAReplicaWhoseWatchFellBehindACompactionListsAgainAndConverges(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	rs := startReplicas(t, c, 3)
+	ctx := testContext(t)
+	egress := pooldv1.NewEgressServiceClient(rs[0].conn)
+
+	// A stopped replica reads nothing, so etcd's buffers for its watch
+	// fill and the watch falls behind; a compaction then takes what it
+	// has not read yet. Big rule sets fill the buffers with few writes.
+	if err := rs[2].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var allow []string
+	for i := range 250 {
+		allow = append(allow, fmt.Sprintf("10.%d.%d.0/24", i/250, i%250))
+	}
+	for i := range 300 {
+		if _, err := egress.UpdateEgressRuleSet(ctx, &pooldv1.UpdateEgressRuleSetRequest{
+			EgressRuleSet: &pooldv1.EgressRuleSet{Name: fmt.Sprintf("egressRuleSets/r%d", i%10), Allow: allow, AllowedPorts: []uint32{uint32(1000 + i)}},
+			AllowMissing:  true,
+		}); err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+	}
+	resp, err := c.Client(t).Get(ctx, "/poold/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client(t).Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs[2].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+
+	want, err := egress.ListEgressRuleSets(ctx, &pooldv1.ListEgressRuleSetsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagged := pooldv1.NewEgressServiceClient(rs[2].conn)
+	waitFor(t, "the stopped replica to hold every rule set", func() bool {
+		got, err := lagged.ListEgressRuleSets(ctx, &pooldv1.ListEgressRuleSetsRequest{})
+		return err == nil && cmp.Equal(want, got, protocmp.Transform())
+	})
+	metrics := httpGet(t, "http://"+rs[2].httpAddr+"/metrics")
+	if strings.Contains(metrics, "\npoold_policy_store_watch_restarts_total 0\n") {
+		t.Errorf("the replica converged without listing again; its watch never fell behind (metrics:\n%s)", grepLines(metrics, "poold_policy_store"))
+	}
+	t.Logf("%s", grepLines(metrics, "poold_policy_store"))
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
