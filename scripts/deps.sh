@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine may lack: nginx (the
-# real-world keep-alive upstream), curl, Node.js, Python's grpcio and PHP
+# real-world keep-alive upstream), curl, kubectl, Node.js, Python's grpcio and PHP
 # with curl (the client examples), and the pinned Go tools.
 # Idempotent: it installs only what is missing.
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# kubectl renders deploy/kubernetes (kustomize) for the manifests' test.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 # The Python and PHP examples use Debian's packages, not pip or PECL.
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
