@@ -10,7 +10,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # kubectl renders deploy/kubernetes (kustomize) for the manifests' test.
-command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 # The Python and PHP examples use Debian's packages, not pip or PECL.
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
