@@ -159,7 +159,6 @@ func (s *PolicyStore) UseEgress(def *pooldv1.EgressRuleSet, apply func([]*pooldv
 	next := old.clone()
 	if _, ok := next.egress[defaultEgressID]; !ok {
 		next.egress[defaultEgressID] = d
-		next.egressFromFlags = true
 	}
 	if err := apply(next.egressList()); err != nil {
 		return err
@@ -264,9 +263,6 @@ func (s *PolicyStore) UpdateEgress(ctx context.Context, rs *pooldv1.EgressRuleSe
 		stored.UpdateTime = timestamppb.New(s.now())
 		next := old.clone()
 		next.egress[id] = stored
-		if id == defaultEgressID {
-			next.egressFromFlags = false
-		}
 		rev, err := s.writeLocked(ctx, old, next, key, stored, old.revs[key])
 		if errors.Is(err, ErrConflict) && rs.GetEtag() == "" && attempt < maxBlindRetries {
 			if err := s.refreshLocked(ctx, key); err != nil {

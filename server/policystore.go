@@ -80,9 +80,6 @@ type policySnapshot struct {
 	// egress holds the egress rule sets by id ("default" for the default
 	// one), in resource form with etag and update time.
 	egress map[string]*pooldv1.EgressRuleSet
-	// egressFromFlags says the default rule set is the daemon's flags, not
-	// one stored.
-	egressFromFlags bool
 	// revs holds the revision of every stored resource by key (its name);
 	// a resource not stored (the default policy or rule set before their
 	// first change) has none, and writing it creates it.

@@ -131,10 +131,8 @@ func (s *PolicyStore) listLocked(ctx context.Context, strict bool, timeout time.
 		return r.Revision < max(cur.revs[r.Key], s.tombstones[r.Key])
 	})
 	next := emptySnapshot()
-	next.egressFromFlags = false
 	if s.flagsEgress != nil {
 		next.egress[defaultEgressID] = s.flagsEgress
-		next.egressFromFlags = true
 	}
 	var problems []string
 	for _, r := range records {
@@ -175,9 +173,6 @@ func keepRecord(next, cur *policySnapshot, key string) {
 	next.revs[key] = cur.revs[key]
 	if id, ok := strings.CutPrefix(key, egressNamePrefix); ok {
 		next.egress[id] = cur.egress[id]
-		if id == defaultEgressID {
-			next.egressFromFlags = false
-		}
 		return
 	}
 	host, _ := parsePolicyName(key, "name")
@@ -386,9 +381,6 @@ func putEgressRecord(next *policySnapshot, r Record, where string, rs *pooldv1.E
 	stored.Etag = resourceEtag(uint64(r.Revision), stored)
 	next.egress[id] = stored
 	next.revs[r.Key] = r.Revision
-	if id == defaultEgressID {
-		next.egressFromFlags = false
-	}
 	return nil
 }
 
@@ -401,7 +393,6 @@ func (s *PolicyStore) removeRecord(next *policySnapshot, key string) {
 		delete(next.egress, id)
 		if id == defaultEgressID && s.flagsEgress != nil {
 			next.egress[id] = s.flagsEgress
-			next.egressFromFlags = true
 		}
 		return
 	}
