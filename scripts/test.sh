@@ -33,6 +33,9 @@ step "allocations per request, pinned (without the race detector, which allocate
 go test -count=1 -run 'TestRoundTripAllocations|TestParseResponseHeadAllocs|TestRequestHeadWritesWithoutAllocating' -v ./pool | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
 go test -count=1 -run 'TestDoAllocations' -v ./server | grep -E '^(=== RUN|--- |    |ok|FAIL|PASS)'
 
+step "policy store shared through etcd: three replicas, a real three-member cluster, convergence p99"
+go test -count=1 -run '^TestReplicasOverEtcdConvergeWithinASecondAndLoseNoUpdate$' -v ./cmd/poold | grep -E '^(--- |convergence|ok|FAIL|PASS)'
+
 step "chaos soak: 60s of hostile upstreams, cancels and policy swaps"
 POOLD_SOAK_DURATION=${POOLD_SOAK_DURATION:-60s} go test -race -count=1 -run '^TestSoak$' -v ./server | grep -E '^ *(--- |soak)|^(ok|FAIL|PASS)'
 
