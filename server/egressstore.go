@@ -298,43 +298,12 @@ func (s *PolicyStore) DeleteEgress(ctx context.Context, name, etag string) error
 	if err := s.sync.writableLocked(); err != nil {
 		return err
 	}
-	key := egressNamePrefix + id
-	for attempt := 0; ; attempt++ {
-		old := s.cur.Load()
-		cur, ok := old.egress[id]
-		stale := etag != "" && (!ok || etag != cur.GetEtag())
-		if (!ok || stale) && attempt == 0 && (etag == "" || etagRevision(etag) > old.revs[key]) {
-			if err := s.refreshLocked(ctx, key); err != nil {
-				return s.storeStatus(err)
-			}
-			continue
-		}
-		if !ok {
-			return notFound(name)
-		}
-		if stale {
-			return etagMismatch(name)
-		}
-		next := old.clone()
-		delete(next.egress, id)
-		delete(next.revs, key)
-		rev, err := s.writeLocked(ctx, old, next, key, nil, old.revs[key])
-		if errors.Is(err, ErrConflict) && etag == "" && attempt < maxBlindRetries {
-			if err := s.refreshLocked(ctx, key); err != nil {
-				return s.storeStatus(err)
-			}
-			continue
-		}
-		if errors.Is(err, ErrConflict) {
-			return etagMismatch(name)
-		}
-		if err != nil {
-			return err
-		}
-		s.tombstones[key] = rev
-		s.publishLocked(next, rev)
-		return nil
-	}
+	return s.deleteLocked(ctx, name, etag, egressNamePrefix+id,
+		func(snap *policySnapshot) (etagged, bool) {
+			rs, ok := snap.egress[id]
+			return rs, ok
+		},
+		func(next *policySnapshot) { delete(next.egress, id) })
 }
 
 // parseEgressMask returns the fields an update changes: the mask's paths,

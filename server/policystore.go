@@ -417,13 +417,29 @@ func (s *PolicyStore) Delete(ctx context.Context, name, etag string) error {
 	if err := s.sync.writableLocked(); err != nil {
 		return err
 	}
-	key := policyName(host)
+	return s.deleteLocked(ctx, name, etag, policyName(host),
+		func(snap *policySnapshot) (etagged, bool) {
+			p, ok := snap.policies[host]
+			return p, ok
+		},
+		func(next *policySnapshot) {
+			delete(next.set.Hosts, host)
+			delete(next.policies, host)
+		})
+}
+
+// deleteLocked removes the resource stored at key, which find looks up in
+// a snapshot and drop takes out of the next one, if etag ("" for any)
+// matches. A resource missing, or an etag newer than this replica has
+// heard of, is looked up in the store once before the answer is given:
+// it may have been made or changed on another replica.
+func (s *PolicyStore) deleteLocked(ctx context.Context, name, etag, key string,
+	find func(*policySnapshot) (etagged, bool), drop func(*policySnapshot)) error {
 	for attempt := 0; ; attempt++ {
 		old := s.cur.Load()
-		cur, ok := old.policies[host]
+		cur, ok := find(old)
 		stale := etag != "" && (!ok || etag != cur.GetEtag())
 		if (!ok || stale) && attempt == 0 && (etag == "" || etagRevision(etag) > old.revs[key]) {
-			// Made, or changed, on another replica since we heard.
 			if err := s.refreshLocked(ctx, key); err != nil {
 				return s.storeStatus(err)
 			}
@@ -436,8 +452,7 @@ func (s *PolicyStore) Delete(ctx context.Context, name, etag string) error {
 			return etagMismatch(name)
 		}
 		next := old.clone()
-		delete(next.set.Hosts, host)
-		delete(next.policies, host)
+		drop(next)
 		delete(next.revs, key)
 		rev, err := s.writeLocked(ctx, old, next, key, nil, old.revs[key])
 		if errors.Is(err, ErrConflict) && etag == "" && attempt < maxBlindRetries {
