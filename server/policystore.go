@@ -86,6 +86,18 @@ type policySnapshot struct {
 	revs map[string]int64
 }
 
+// putPolicy sets host's policy ("" for the default) in snap's set.
+func (snap *policySnapshot) putPolicy(host string, pp pool.Policy) {
+	if host == "" {
+		snap.set.Default = pp
+		return
+	}
+	if snap.set.Hosts == nil {
+		snap.set.Hosts = map[string]pool.Policy{}
+	}
+	snap.set.Hosts[host] = pp
+}
+
 // clone returns a copy of snap that can be changed into the next one; the
 // resources are shared, as they are never changed in place.
 func (snap *policySnapshot) clone() *policySnapshot {
@@ -359,14 +371,7 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 			return nil, invalidArgument(violations...)
 		}
 		next := old.clone()
-		if host == "" {
-			next.set.Default = pp
-		} else {
-			if next.set.Hosts == nil {
-				next.set.Hosts = map[string]pool.Policy{}
-			}
-			next.set.Hosts[host] = pp
-		}
+		next.putPolicy(host, pp)
 		if err := next.set.Validate(); err != nil {
 			return nil, invalidArgument(policyViolations(err)...)
 		}

@@ -177,14 +177,11 @@ func keepRecord(next, cur *policySnapshot, key string) {
 	}
 	host, _ := parsePolicyName(key, "name")
 	next.policies[host] = cur.policies[host]
-	if host == "" {
-		next.set.Default = cur.set.Default
-		return
+	pp := cur.set.Default
+	if host != "" {
+		pp = cur.set.Hosts[host]
 	}
-	if next.set.Hosts == nil {
-		next.set.Hosts = map[string]pool.Policy{}
-	}
-	next.set.Hosts[host] = cur.set.Hosts[host]
+	next.putPolicy(host, pp)
 }
 
 // applyBatchLocked applies the changes a watch delivered, at once. A
@@ -343,14 +340,7 @@ func putPolicyRecord(next *policySnapshot, r Record, where string, p *pooldv1.Po
 		}
 		return problems
 	}
-	if host == "" {
-		next.set.Default = pp
-	} else {
-		if next.set.Hosts == nil {
-			next.set.Hosts = map[string]pool.Policy{}
-		}
-		next.set.Hosts[host] = pp
-	}
+	next.putPolicy(host, pp)
 	stored := fromPoolPolicy(r.Key, pp)
 	stored.UpdateTime = p.GetUpdateTime()
 	stored.Etag = resourceEtag(uint64(r.Revision), stored)
