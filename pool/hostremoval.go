@@ -41,8 +41,7 @@ func (e *Engine) removeIdleHosts(candidates []*hostPool) int {
 	if len(candidates) == 0 {
 		return 0
 	}
-	snap := e.snap.Load()
-	n := 0
+	removed := candidates[:0]
 	e.mu.Lock()
 	for _, hp := range candidates {
 		hp.mu.Lock()
@@ -61,24 +60,26 @@ func (e *Engine) removeIdleHosts(candidates []*hostPool) int {
 		} else {
 			e.other.add(final)
 		}
-		n++
+		removed = append(removed, hp)
 	}
 	e.hosts = shrunk(e.hosts, &e.hostsPeak)
 	e.mu.Unlock()
 	// A route cached for the generation in force would keep the pool's
 	// memory alive; a route cached for an older generation goes with it,
 	// and one cached while this ran is dropped when a request finds the
-	// pool removed.
+	// pool removed. The generation is read only now, so that one put in
+	// force during the removal is the one cleaned.
+	snap := e.snap.Load()
 	snap.routesMu.Lock()
-	for _, hp := range candidates {
+	for _, hp := range removed {
 		o := origin{hp.scheme, hp.host, hp.port, hp.scope}
-		if r := snap.routes[o]; r == hp && hp.isRemoved() {
+		if snap.routes[o] == hp {
 			delete(snap.routes, o)
 		}
 	}
 	snap.routes = shrunk(snap.routes, &snap.routesPeak)
 	snap.routesMu.Unlock()
-	return n
+	return len(removed)
 }
 
 // shrunk returns m, or a copy of it once it holds a quarter of what it
@@ -95,12 +96,6 @@ func shrunk[K comparable, V any](m map[K]V, peak *int) map[K]V {
 	}
 	*peak = len(c)
 	return c
-}
-
-func (hp *hostPool) isRemoved() bool {
-	hp.mu.Lock()
-	defer hp.mu.Unlock()
-	return hp.removed
 }
 
 // forgetRoute drops a removed pool from the current generation's routes.

@@ -204,7 +204,10 @@ func TestRequestRoutedToARemovedPoolFindsAFreshOne(t *testing.T) {
 		clock.Advance(time.Minute)
 		sweepNow(e)
 	}
-	if !old.isRemoved() {
+	old.mu.Lock()
+	removed := old.removed
+	old.mu.Unlock()
+	if !removed {
 		t.Fatal("pool not removed")
 	}
 	// As if the lookup had happened just before the removal.
