@@ -369,29 +369,7 @@ func TestDebugListenerServesProfilesOnlyWhenAsked(t *testing.T) {
 func TestSIGTERMWithIdleWatchersTakesTheDelayNotTheGrace(t *testing.T) {
 	bin := buildPoold(t)
 	const delay, grace = 3 * time.Second, 60 * time.Second
-	cmd := exec.Command(bin, "--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json",
-		"--shutdown-delay="+delay.String(), "--shutdown-grace="+grace.String())
-	cmd.Env = []string{}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	sc := bufio.NewScanner(stderr)
-	var grpcAddr string
-	for grpcAddr == "" && sc.Scan() {
-		var line struct{ Msg, GRPC string }
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
-			grpcAddr = line.GRPC
-		}
-	}
-	if grpcAddr == "" {
-		t.Fatal("poold never reported listening")
-	}
-	go io.Copy(io.Discard, stderr)
+	cmd, grpcAddr := startPooldBinary(t, bin, "--shutdown-delay="+delay.String(), "--shutdown-grace="+grace.String())
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

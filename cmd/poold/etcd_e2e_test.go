@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -59,39 +57,18 @@ func startReplica(t *testing.T, bin string, args ...string) *replica {
 func (r *replica) start() {
 	t := r.t
 	t.Helper()
-	args := append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json", "--shutdown-delay=0s", "--shutdown-grace=2s", "--egress-allow=127.0.0.1/32"}, r.args...)
-	cmd := exec.Command(r.bin, args...)
-	cmd.Env = []string{}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(stderr)
-	r.grpcAddr = ""
-	for r.grpcAddr == "" && sc.Scan() {
-		var line struct{ Msg, GRPC, HTTP string }
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "poold listening" {
-			r.grpcAddr, r.httpAddr = line.GRPC, line.HTTP
-		}
-	}
-	if r.grpcAddr == "" {
-		t.Fatal("poold never reported listening")
-	}
 	// The policy store's warnings say why a write failed or a watch
 	// broke; the test log keeps them.
-	addr := r.grpcAddr
-	go func() {
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "policy store") {
-				t.Logf("replica %s: %s", addr, sc.Text())
-			}
+	var addr atomic.Value
+	logLine := func(line string) {
+		if strings.Contains(line, "policy store") {
+			t.Logf("replica %v: %s", addr.Load(), line)
 		}
-		io.Copy(io.Discard, stderr)
-	}()
+	}
+	args := append([]string{"--shutdown-delay=0s", "--shutdown-grace=2s", "--egress-allow=127.0.0.1/32"}, r.args...)
+	cmd, grpcAddr, httpAddr := launchPoold(t, r.bin, logLine, args...)
+	addr.Store(grpcAddr)
+	r.grpcAddr, r.httpAddr = grpcAddr, httpAddr
 	conn, err := grpc.NewClient(r.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

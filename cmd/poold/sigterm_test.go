@@ -35,6 +35,15 @@ func startPooldBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, stri
 // of /metrics.
 func startPooldBinaryHTTP(t *testing.T, bin string, args ...string) (cmd *exec.Cmd, grpcAddr, httpAddr string) {
 	t.Helper()
+	return launchPoold(t, bin, nil, args...)
+}
+
+// launchPoold starts the daemon binary on loopback ports the kernel picks
+// and waits for its "poold listening" line; every later line of its log
+// goes to logLine, if set. The process is killed and reaped when the test
+// ends.
+func launchPoold(t *testing.T, bin string, logLine func(string), args ...string) (cmd *exec.Cmd, grpcAddr, httpAddr string) {
+	t.Helper()
 	args = append([]string{"--listen=127.0.0.1:0", "--http-listen=127.0.0.1:0", "--log-format=json"}, args...)
 	cmd = exec.Command(bin, args...)
 	cmd.Env = []string{} // no proxy or POOLD_* settings from the environment
@@ -45,7 +54,7 @@ func startPooldBinaryHTTP(t *testing.T, bin string, args ...string) (cmd *exec.C
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	sc := bufio.NewScanner(stderr)
 	for grpcAddr == "" && sc.Scan() {
 		var line struct{ Msg, GRPC, HTTP string }
@@ -56,7 +65,12 @@ func startPooldBinaryHTTP(t *testing.T, bin string, args ...string) (cmd *exec.C
 	if grpcAddr == "" {
 		t.Fatal("poold never reported listening")
 	}
-	go io.Copy(io.Discard, stderr)
+	go func() {
+		for logLine != nil && sc.Scan() {
+			logLine(sc.Text())
+		}
+		io.Copy(io.Discard, stderr)
+	}()
 	return cmd, grpcAddr, httpAddr
 }
 
