@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -263,18 +262,12 @@ func (s *PolicyStore) UpdateEgress(ctx context.Context, rs *pooldv1.EgressRuleSe
 		stored.UpdateTime = timestamppb.New(s.now())
 		next := old.clone()
 		next.egress[id] = stored
-		rev, err := s.writeLocked(ctx, old, next, key, stored, old.revs[key])
-		if errors.Is(err, ErrConflict) && rs.GetEtag() == "" && attempt < maxBlindRetries {
-			if err := s.refreshLocked(ctx, key); err != nil {
-				return nil, s.storeStatus(err)
-			}
-			continue
-		}
-		if errors.Is(err, ErrConflict) {
-			return nil, etagMismatch(rs.GetName())
-		}
+		rev, retry, err := s.commitLocked(ctx, old, next, key, rs.GetName(), stored, rs.GetEtag() == "", attempt)
 		if err != nil {
 			return nil, err
+		}
+		if retry {
+			continue
 		}
 		stored.Etag = resourceEtag(uint64(rev), stored)
 		next.revs[key] = rev

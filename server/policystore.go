@@ -378,21 +378,12 @@ func (s *PolicyStore) Update(ctx context.Context, p *pooldv1.Policy, mask *field
 		stored := fromPoolPolicy(p.GetName(), pp)
 		stored.UpdateTime = timestamppb.New(s.now())
 		next.policies[host] = stored
-		rev, err := s.writeLocked(ctx, old, next, key, stored, old.revs[key])
-		if errors.Is(err, ErrConflict) && p.GetEtag() == "" && attempt < maxBlindRetries {
-			// No etag: the caller asked for its fields whatever the
-			// rest holds now, so merge them into what another replica
-			// wrote and try again.
-			if err := s.refreshLocked(ctx, key); err != nil {
-				return nil, s.storeStatus(err)
-			}
-			continue
-		}
-		if errors.Is(err, ErrConflict) {
-			return nil, etagMismatch(p.GetName())
-		}
+		rev, retry, err := s.commitLocked(ctx, old, next, key, p.GetName(), stored, p.GetEtag() == "", attempt)
 		if err != nil {
 			return nil, err
+		}
+		if retry {
+			continue
 		}
 		stored.Etag = resourceEtag(uint64(rev), stored)
 		next.revs[key] = rev
@@ -459,18 +450,12 @@ func (s *PolicyStore) deleteLocked(ctx context.Context, name, etag, key string,
 		next := old.clone()
 		drop(next)
 		delete(next.revs, key)
-		rev, err := s.writeLocked(ctx, old, next, key, nil, old.revs[key])
-		if errors.Is(err, ErrConflict) && etag == "" && attempt < maxBlindRetries {
-			if err := s.refreshLocked(ctx, key); err != nil {
-				return s.storeStatus(err)
-			}
-			continue
-		}
-		if errors.Is(err, ErrConflict) {
-			return etagMismatch(name)
-		}
+		rev, retry, err := s.commitLocked(ctx, old, next, key, name, nil, etag == "", attempt)
 		if err != nil {
 			return err
+		}
+		if retry {
+			continue
 		}
 		s.tombstones[key] = rev
 		s.publishLocked(next, rev)
@@ -478,14 +463,37 @@ func (s *PolicyStore) deleteLocked(ctx context.Context, name, etag, key string,
 	}
 }
 
+// commitLocked writes one change, value (nil deletes key), with
+// writeLocked and settles a conflict: a blind change (the caller sent no
+// etag) that lost to another replica's write says retry, after reading
+// what that replica wrote, at most maxBlindRetries times; any other is
+// ETAG_MISMATCH naming name. Its errors are gRPC statuses.
+func (s *PolicyStore) commitLocked(ctx context.Context, old, next *policySnapshot, key, name string, value etagged, blind bool, attempt int) (rev int64, retry bool, err error) {
+	rev, err = s.writeLocked(ctx, old, next, key, value)
+	switch {
+	case errors.Is(err, ErrConflict) && blind && attempt < maxBlindRetries:
+		// No etag: the caller asked for its change whatever the rest
+		// holds now, so learn what another replica wrote and make the
+		// change again on top of it.
+		if err := s.refreshLocked(ctx, key); err != nil {
+			return 0, false, s.storeStatus(err)
+		}
+		return 0, true, nil
+	case errors.Is(err, ErrConflict):
+		return 0, false, etagMismatch(name)
+	}
+	return rev, false, err
+}
+
 // writeLocked writes one change, value (nil deletes key) at the key's
-// revision rev, and returns its revision; next is the snapshot it makes.
+// revision in old, and returns its new revision; next is the snapshot it makes.
 // The engine gets next first, since it may still refuse (then nothing is
 // written), and gets old back if the write fails, so that the engine never
 // runs what the backend does not hold for longer than the write takes.
 // ErrConflict is returned as is, for the caller to decide; other errors
 // are gRPC statuses.
-func (s *PolicyStore) writeLocked(ctx context.Context, old, next *policySnapshot, key string, value etagged, rev int64) (int64, error) {
+func (s *PolicyStore) writeLocked(ctx context.Context, old, next *policySnapshot, key string, value etagged) (int64, error) {
+	rev := old.revs[key]
 	egress := strings.HasPrefix(key, egressNamePrefix)
 	if err := s.applyLocked(next, !egress, egress); err != nil {
 		return 0, applyStatus(err)
