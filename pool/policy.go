@@ -85,6 +85,56 @@ type Policy struct {
 	// tracestate headers. The engine itself adds no header: it only
 	// carries the setting, resolved per host like every other field.
 	PropagateTraceContext *bool
+	// Protocols picks the HTTP versions new conns may speak. A change
+	// applies to conns dialled after it; open ones finish their streams.
+	Protocols *Protocols
+	// MaxConcurrentStreams caps the streams one HTTP/2 conn carries at
+	// once, below the peer's SETTINGS_MAX_CONCURRENT_STREAMS. 0 means the
+	// peer's limit alone.
+	MaxConcurrentStreams *uint32
+	// StrictMaxConcurrentStreams makes a request that finds every HTTP/2
+	// conn at its stream limit wait in the host's queue for a free stream
+	// instead of dialling another conn.
+	StrictMaxConcurrentStreams *bool
+	// H2ReadIdleTimeout is how long an HTTP/2 conn may read nothing before
+	// the engine sends it a PING. 0 sends none.
+	H2ReadIdleTimeout *time.Duration
+	// H2PingTimeout is how long a PING (and any write to an HTTP/2 conn)
+	// may go unanswered before the conn is closed. Must be positive.
+	H2PingTimeout *time.Duration
+}
+
+// Protocols is the set of HTTP versions a host's new conns may speak.
+type Protocols uint8
+
+const (
+	// ProtocolsH2Preferred offers h2 and http/1.1 by ALPN over TLS, the
+	// server choosing; plaintext conns speak HTTP/1.1.
+	ProtocolsH2Preferred Protocols = iota + 1
+	// ProtocolsHTTP1 speaks HTTP/1.1 only.
+	ProtocolsHTTP1
+	// ProtocolsH2 speaks HTTP/2 only: over TLS a server whose ALPN does
+	// not pick h2 fails the dial; over plaintext it is h2c with prior
+	// knowledge.
+	ProtocolsH2
+	// ProtocolsH2C speaks HTTP/2 with prior knowledge over plaintext
+	// ("h2c"); over TLS it is ProtocolsH2Preferred.
+	ProtocolsH2C
+)
+
+// String gives the name the policy API uses.
+func (p Protocols) String() string {
+	switch p {
+	case ProtocolsH2Preferred:
+		return "h2_preferred"
+	case ProtocolsHTTP1:
+		return "http1"
+	case ProtocolsH2:
+		return "h2"
+	case ProtocolsH2C:
+		return "h2c"
+	}
+	return "Protocols(" + strconv.Itoa(int(p)) + ")"
 }
 
 // TCPKeepAlive sets the TCP keep-alive probes on upstream sockets. A change
@@ -124,7 +174,11 @@ type TCPKeepAlive struct {
 //   - ProxyURL "" (the environment decides);
 //   - MaxIdleConns 1024;
 //   - PropagateTraceContext false, since the headers would change what
-//     the caller sent.
+//     the caller sent;
+//   - Protocols ProtocolsH2Preferred, MaxConcurrentStreams 0 (the peer's),
+//     StrictMaxConcurrentStreams false;
+//   - H2ReadIdleTimeout 30s and H2PingTimeout 15s, so a silent HTTP/2
+//     peer is found within a minute even with TCP keep-alive off.
 //
 // Each call returns fresh pointers, so the result may be changed freely.
 func DefaultPolicy() Policy {
@@ -137,22 +191,27 @@ func DefaultPolicy() Policy {
 			Interval: policyPtr(10 * time.Second),
 			Count:    policyPtr(uint32(3)),
 		},
-		ResponseHeaderTimeout:  policyPtr(30 * time.Second),
-		RequestTimeout:         policyPtr(time.Duration(0)),
-		ExpectContinueTimeout:  policyPtr(time.Second),
-		BodyReadTimeout:        policyPtr(5 * time.Minute),
-		IdleConnTimeout:        policyPtr(90 * time.Second),
-		MaxConnLifetime:        policyPtr(time.Duration(0)),
-		MaxRequestsPerConn:     policyPtr(uint32(0)),
-		MaxIdleConnsPerHost:    policyPtr(uint32(64)),
-		MaxConnsPerHost:        policyPtr(uint32(0)),
-		MaxPendingRequests:     policyPtr(uint32(1024)),
-		MaxRetries:             policyPtr(uint32(1)),
-		MaxResponseHeaderBytes: policyPtr(uint32(1 << 20)),
-		DisableKeepAlives:      policyPtr(false),
-		ProxyURL:               policyPtr(""),
-		MaxIdleConns:           policyPtr(uint32(1024)),
-		PropagateTraceContext:  policyPtr(false),
+		ResponseHeaderTimeout:      policyPtr(30 * time.Second),
+		RequestTimeout:             policyPtr(time.Duration(0)),
+		ExpectContinueTimeout:      policyPtr(time.Second),
+		BodyReadTimeout:            policyPtr(5 * time.Minute),
+		IdleConnTimeout:            policyPtr(90 * time.Second),
+		MaxConnLifetime:            policyPtr(time.Duration(0)),
+		MaxRequestsPerConn:         policyPtr(uint32(0)),
+		MaxIdleConnsPerHost:        policyPtr(uint32(64)),
+		MaxConnsPerHost:            policyPtr(uint32(0)),
+		MaxPendingRequests:         policyPtr(uint32(1024)),
+		MaxRetries:                 policyPtr(uint32(1)),
+		MaxResponseHeaderBytes:     policyPtr(uint32(1 << 20)),
+		DisableKeepAlives:          policyPtr(false),
+		ProxyURL:                   policyPtr(""),
+		MaxIdleConns:               policyPtr(uint32(1024)),
+		PropagateTraceContext:      policyPtr(false),
+		Protocols:                  policyPtr(ProtocolsH2Preferred),
+		MaxConcurrentStreams:       policyPtr(uint32(0)),
+		StrictMaxConcurrentStreams: policyPtr(false),
+		H2ReadIdleTimeout:          policyPtr(30 * time.Second),
+		H2PingTimeout:              policyPtr(15 * time.Second),
 	}
 }
 
@@ -175,22 +234,27 @@ func policyMerge(p, over Policy) Policy {
 			Interval: policyOver(p.TCPKeepAlive.Interval, over.TCPKeepAlive.Interval),
 			Count:    policyOver(p.TCPKeepAlive.Count, over.TCPKeepAlive.Count),
 		},
-		ResponseHeaderTimeout:  policyOver(p.ResponseHeaderTimeout, over.ResponseHeaderTimeout),
-		RequestTimeout:         policyOver(p.RequestTimeout, over.RequestTimeout),
-		ExpectContinueTimeout:  policyOver(p.ExpectContinueTimeout, over.ExpectContinueTimeout),
-		BodyReadTimeout:        policyOver(p.BodyReadTimeout, over.BodyReadTimeout),
-		IdleConnTimeout:        policyOver(p.IdleConnTimeout, over.IdleConnTimeout),
-		MaxConnLifetime:        policyOver(p.MaxConnLifetime, over.MaxConnLifetime),
-		MaxRequestsPerConn:     policyOver(p.MaxRequestsPerConn, over.MaxRequestsPerConn),
-		MaxIdleConnsPerHost:    policyOver(p.MaxIdleConnsPerHost, over.MaxIdleConnsPerHost),
-		MaxConnsPerHost:        policyOver(p.MaxConnsPerHost, over.MaxConnsPerHost),
-		MaxPendingRequests:     policyOver(p.MaxPendingRequests, over.MaxPendingRequests),
-		MaxRetries:             policyOver(p.MaxRetries, over.MaxRetries),
-		MaxResponseHeaderBytes: policyOver(p.MaxResponseHeaderBytes, over.MaxResponseHeaderBytes),
-		DisableKeepAlives:      policyOver(p.DisableKeepAlives, over.DisableKeepAlives),
-		ProxyURL:               policyOver(p.ProxyURL, over.ProxyURL),
-		MaxIdleConns:           policyOver(p.MaxIdleConns, over.MaxIdleConns),
-		PropagateTraceContext:  policyOver(p.PropagateTraceContext, over.PropagateTraceContext),
+		ResponseHeaderTimeout:      policyOver(p.ResponseHeaderTimeout, over.ResponseHeaderTimeout),
+		RequestTimeout:             policyOver(p.RequestTimeout, over.RequestTimeout),
+		ExpectContinueTimeout:      policyOver(p.ExpectContinueTimeout, over.ExpectContinueTimeout),
+		BodyReadTimeout:            policyOver(p.BodyReadTimeout, over.BodyReadTimeout),
+		IdleConnTimeout:            policyOver(p.IdleConnTimeout, over.IdleConnTimeout),
+		MaxConnLifetime:            policyOver(p.MaxConnLifetime, over.MaxConnLifetime),
+		MaxRequestsPerConn:         policyOver(p.MaxRequestsPerConn, over.MaxRequestsPerConn),
+		MaxIdleConnsPerHost:        policyOver(p.MaxIdleConnsPerHost, over.MaxIdleConnsPerHost),
+		MaxConnsPerHost:            policyOver(p.MaxConnsPerHost, over.MaxConnsPerHost),
+		MaxPendingRequests:         policyOver(p.MaxPendingRequests, over.MaxPendingRequests),
+		MaxRetries:                 policyOver(p.MaxRetries, over.MaxRetries),
+		MaxResponseHeaderBytes:     policyOver(p.MaxResponseHeaderBytes, over.MaxResponseHeaderBytes),
+		DisableKeepAlives:          policyOver(p.DisableKeepAlives, over.DisableKeepAlives),
+		ProxyURL:                   policyOver(p.ProxyURL, over.ProxyURL),
+		MaxIdleConns:               policyOver(p.MaxIdleConns, over.MaxIdleConns),
+		PropagateTraceContext:      policyOver(p.PropagateTraceContext, over.PropagateTraceContext),
+		Protocols:                  policyOver(p.Protocols, over.Protocols),
+		MaxConcurrentStreams:       policyOver(p.MaxConcurrentStreams, over.MaxConcurrentStreams),
+		StrictMaxConcurrentStreams: policyOver(p.StrictMaxConcurrentStreams, over.StrictMaxConcurrentStreams),
+		H2ReadIdleTimeout:          policyOver(p.H2ReadIdleTimeout, over.H2ReadIdleTimeout),
+		H2PingTimeout:              policyOver(p.H2PingTimeout, over.H2PingTimeout),
 	}
 }
 
@@ -205,22 +269,27 @@ func (p Policy) clone() Policy {
 			Interval: policyCopy(p.TCPKeepAlive.Interval),
 			Count:    policyCopy(p.TCPKeepAlive.Count),
 		},
-		ResponseHeaderTimeout:  policyCopy(p.ResponseHeaderTimeout),
-		RequestTimeout:         policyCopy(p.RequestTimeout),
-		ExpectContinueTimeout:  policyCopy(p.ExpectContinueTimeout),
-		BodyReadTimeout:        policyCopy(p.BodyReadTimeout),
-		IdleConnTimeout:        policyCopy(p.IdleConnTimeout),
-		MaxConnLifetime:        policyCopy(p.MaxConnLifetime),
-		MaxRequestsPerConn:     policyCopy(p.MaxRequestsPerConn),
-		MaxIdleConnsPerHost:    policyCopy(p.MaxIdleConnsPerHost),
-		MaxConnsPerHost:        policyCopy(p.MaxConnsPerHost),
-		MaxPendingRequests:     policyCopy(p.MaxPendingRequests),
-		MaxRetries:             policyCopy(p.MaxRetries),
-		MaxResponseHeaderBytes: policyCopy(p.MaxResponseHeaderBytes),
-		DisableKeepAlives:      policyCopy(p.DisableKeepAlives),
-		ProxyURL:               policyCopy(p.ProxyURL),
-		MaxIdleConns:           policyCopy(p.MaxIdleConns),
-		PropagateTraceContext:  policyCopy(p.PropagateTraceContext),
+		ResponseHeaderTimeout:      policyCopy(p.ResponseHeaderTimeout),
+		RequestTimeout:             policyCopy(p.RequestTimeout),
+		ExpectContinueTimeout:      policyCopy(p.ExpectContinueTimeout),
+		BodyReadTimeout:            policyCopy(p.BodyReadTimeout),
+		IdleConnTimeout:            policyCopy(p.IdleConnTimeout),
+		MaxConnLifetime:            policyCopy(p.MaxConnLifetime),
+		MaxRequestsPerConn:         policyCopy(p.MaxRequestsPerConn),
+		MaxIdleConnsPerHost:        policyCopy(p.MaxIdleConnsPerHost),
+		MaxConnsPerHost:            policyCopy(p.MaxConnsPerHost),
+		MaxPendingRequests:         policyCopy(p.MaxPendingRequests),
+		MaxRetries:                 policyCopy(p.MaxRetries),
+		MaxResponseHeaderBytes:     policyCopy(p.MaxResponseHeaderBytes),
+		DisableKeepAlives:          policyCopy(p.DisableKeepAlives),
+		ProxyURL:                   policyCopy(p.ProxyURL),
+		MaxIdleConns:               policyCopy(p.MaxIdleConns),
+		PropagateTraceContext:      policyCopy(p.PropagateTraceContext),
+		Protocols:                  policyCopy(p.Protocols),
+		MaxConcurrentStreams:       policyCopy(p.MaxConcurrentStreams),
+		StrictMaxConcurrentStreams: policyCopy(p.StrictMaxConcurrentStreams),
+		H2ReadIdleTimeout:          policyCopy(p.H2ReadIdleTimeout),
+		H2PingTimeout:              policyCopy(p.H2PingTimeout),
 	}
 }
 
@@ -352,6 +421,11 @@ func (p Policy) validate(host string, isDefault bool) []error {
 			v.fail("proxy_url", "%s", reason)
 		}
 	}
+	if pr := p.Protocols; pr != nil && (*pr < ProtocolsH2Preferred || *pr > ProtocolsH2C) {
+		v.fail("protocols", "must be one of h2_preferred, http1, h2, h2c, got %d", *pr)
+	}
+	v.duration("h2_read_idle_timeout", p.H2ReadIdleTimeout, false, policyMaxDuration, "24h")
+	v.duration("h2_ping_timeout", p.H2PingTimeout, true, policyMaxDuration, "24h")
 	if p.MaxIdleConns != nil && !isDefault {
 		v.fail("max_idle_conns", "only allowed in policies/default")
 	}

@@ -100,6 +100,12 @@ type Effective struct {
 	MaxIdleConns uint32
 
 	PropagateTraceContext bool
+
+	Protocols                  Protocols // never 0 once resolved
+	MaxConcurrentStreams       uint32    // 0 = the peer's limit
+	StrictMaxConcurrentStreams bool
+	H2ReadIdleTimeout          time.Duration // 0 = no PINGs
+	H2PingTimeout              time.Duration // > 0
 }
 
 // builtinPolicy is DefaultPolicy computed once for Resolve; never handed
@@ -198,16 +204,21 @@ func effectiveFrom(source string, p Policy) Effective {
 			Interval: policyValue(ka.Interval),
 			Count:    int(policyValue(ka.Count)),
 		},
-		MaxRequestsPerConn:     policyValue(p.MaxRequestsPerConn),
-		MaxIdleConnsPerHost:    policyValue(p.MaxIdleConnsPerHost),
-		MaxConnsPerHost:        policyValue(p.MaxConnsPerHost),
-		MaxPendingRequests:     policyValue(p.MaxPendingRequests),
-		MaxRetries:             policyValue(p.MaxRetries),
-		MaxResponseHeaderBytes: policyValue(p.MaxResponseHeaderBytes),
-		DisableKeepAlives:      policyValue(p.DisableKeepAlives),
-		ProxyURL:               policyValue(p.ProxyURL),
-		MaxIdleConns:           policyValue(p.MaxIdleConns),
-		PropagateTraceContext:  policyValue(p.PropagateTraceContext),
+		MaxRequestsPerConn:         policyValue(p.MaxRequestsPerConn),
+		MaxIdleConnsPerHost:        policyValue(p.MaxIdleConnsPerHost),
+		MaxConnsPerHost:            policyValue(p.MaxConnsPerHost),
+		MaxPendingRequests:         policyValue(p.MaxPendingRequests),
+		MaxRetries:                 policyValue(p.MaxRetries),
+		MaxResponseHeaderBytes:     policyValue(p.MaxResponseHeaderBytes),
+		DisableKeepAlives:          policyValue(p.DisableKeepAlives),
+		ProxyURL:                   policyValue(p.ProxyURL),
+		MaxIdleConns:               policyValue(p.MaxIdleConns),
+		PropagateTraceContext:      policyValue(p.PropagateTraceContext),
+		Protocols:                  policyValue(p.Protocols),
+		MaxConcurrentStreams:       policyValue(p.MaxConcurrentStreams),
+		StrictMaxConcurrentStreams: policyValue(p.StrictMaxConcurrentStreams),
+		H2ReadIdleTimeout:          policyValue(p.H2ReadIdleTimeout),
+		H2PingTimeout:              policyValue(p.H2PingTimeout),
 	}
 }
 
@@ -231,22 +242,27 @@ func (e Effective) Policy() Policy {
 			Interval: policyPtr(e.KeepAlive.Interval),
 			Count:    policyPtr(uint32(max(e.KeepAlive.Count, 0))),
 		},
-		ResponseHeaderTimeout:  policyPtr(e.ResponseHeaderTimeout),
-		RequestTimeout:         policyPtr(e.RequestTimeout),
-		ExpectContinueTimeout:  policyPtr(e.ExpectContinueTimeout),
-		BodyReadTimeout:        policyPtr(e.BodyReadTimeout),
-		IdleConnTimeout:        policyPtr(e.IdleConnTimeout),
-		MaxConnLifetime:        policyPtr(e.MaxConnLifetime),
-		MaxRequestsPerConn:     policyPtr(e.MaxRequestsPerConn),
-		MaxIdleConnsPerHost:    policyPtr(e.MaxIdleConnsPerHost),
-		MaxConnsPerHost:        policyPtr(e.MaxConnsPerHost),
-		MaxPendingRequests:     policyPtr(e.MaxPendingRequests),
-		MaxRetries:             policyPtr(e.MaxRetries),
-		MaxResponseHeaderBytes: policyPtr(e.MaxResponseHeaderBytes),
-		DisableKeepAlives:      policyPtr(e.DisableKeepAlives),
-		ProxyURL:               policyPtr(e.ProxyURL),
-		MaxIdleConns:           policyPtr(e.MaxIdleConns),
-		PropagateTraceContext:  policyPtr(e.PropagateTraceContext),
+		ResponseHeaderTimeout:      policyPtr(e.ResponseHeaderTimeout),
+		RequestTimeout:             policyPtr(e.RequestTimeout),
+		ExpectContinueTimeout:      policyPtr(e.ExpectContinueTimeout),
+		BodyReadTimeout:            policyPtr(e.BodyReadTimeout),
+		IdleConnTimeout:            policyPtr(e.IdleConnTimeout),
+		MaxConnLifetime:            policyPtr(e.MaxConnLifetime),
+		MaxRequestsPerConn:         policyPtr(e.MaxRequestsPerConn),
+		MaxIdleConnsPerHost:        policyPtr(e.MaxIdleConnsPerHost),
+		MaxConnsPerHost:            policyPtr(e.MaxConnsPerHost),
+		MaxPendingRequests:         policyPtr(e.MaxPendingRequests),
+		MaxRetries:                 policyPtr(e.MaxRetries),
+		MaxResponseHeaderBytes:     policyPtr(e.MaxResponseHeaderBytes),
+		DisableKeepAlives:          policyPtr(e.DisableKeepAlives),
+		ProxyURL:                   policyPtr(e.ProxyURL),
+		MaxIdleConns:               policyPtr(e.MaxIdleConns),
+		PropagateTraceContext:      policyPtr(e.PropagateTraceContext),
+		Protocols:                  policyPtr(e.Protocols),
+		MaxConcurrentStreams:       policyPtr(e.MaxConcurrentStreams),
+		StrictMaxConcurrentStreams: policyPtr(e.StrictMaxConcurrentStreams),
+		H2ReadIdleTimeout:          policyPtr(e.H2ReadIdleTimeout),
+		H2PingTimeout:              policyPtr(e.H2PingTimeout),
 	}
 }
 

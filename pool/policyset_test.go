@@ -206,6 +206,9 @@ func TestResolveInheritsUnsetFieldsFromDefaultThenBuiltIn(t *testing.T) {
 		ProxyURL:               "direct", // default
 		MaxIdleConns:           10,       // always the default policy's
 		PropagateTraceContext:  true,     // default
+		Protocols:              ProtocolsH2Preferred,
+		H2ReadIdleTimeout:      30 * time.Second,
+		H2PingTimeout:          15 * time.Second,
 	}
 	if diff := cmp.Diff(want, set.Resolve("api.example.com", "443")); diff != "" {
 		t.Errorf("Resolve mismatch (-want +got):\n%s", diff)
@@ -227,6 +230,9 @@ func TestResolveOfAnEmptySetIsTheBuiltInPolicy(t *testing.T) {
 		MaxRetries:             1,
 		MaxResponseHeaderBytes: 1 << 20,
 		MaxIdleConns:           1024,
+		Protocols:              ProtocolsH2Preferred,
+		H2ReadIdleTimeout:      30 * time.Second,
+		H2PingTimeout:          15 * time.Second,
 	}
 	if diff := cmp.Diff(want, PolicySet{}.Resolve("api.example.com", "443")); diff != "" {
 		t.Errorf("Resolve mismatch (-want +got):\n%s", diff)
