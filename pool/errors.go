@@ -188,3 +188,35 @@ func isConnReset(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, syscall.ECONNABORTED)
 }
+
+// StreamResetError is the cause of a request whose HTTP/2 stream the peer
+// reset (RST_STREAM), or whose conn ended with a GOAWAY that leaves no
+// retry: the upstream may have acted on the request.
+type StreamResetError struct {
+	// Code is the HTTP/2 error code, as RFC 9113 section 7 numbers it.
+	Code uint32
+	// GoAway says the conn's GOAWAY ended the stream rather than a reset.
+	GoAway bool
+}
+
+func (e *StreamResetError) Error() string {
+	what := "stream reset by the upstream"
+	if e.GoAway {
+		what = "connection ended by the upstream's GOAWAY"
+	}
+	return fmt.Sprintf("pool: %s, HTTP/2 error code %s", what, h2CodeName(e.Code))
+}
+
+// h2CodeName names the error codes of RFC 9113 section 7.
+func h2CodeName(code uint32) string {
+	names := [...]string{"NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR",
+		"SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL",
+		"COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"}
+	if int(code) < len(names) {
+		return names[code]
+	}
+	return fmt.Sprintf("0x%x", code)
+}
+
+// CodeName gives the error code's name, such as "REFUSED_STREAM".
+func (e *StreamResetError) CodeName() string { return h2CodeName(e.Code) }

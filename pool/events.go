@@ -22,6 +22,9 @@ const (
 	EventQueueOverflow                      // a request was refused with ErrQueueFull
 	EventPolicyChanged                      // SetPolicies applied a new policy set
 	EventsDropped                           // Dropped events did not fit the subscriber's buffer
+	EventGoAway                             // an HTTP/2 conn received GOAWAY; Detail has the code
+	EventPingFailed                         // an HTTP/2 PING went unanswered; the conn is closed
+	EventRefusedStream                      // the peer refused a stream; the request is retried if it can be
 )
 
 // String returns the lower_snake name, as used in the API.
@@ -45,6 +48,12 @@ func (k EventKind) String() string {
 		return "policy_changed"
 	case EventsDropped:
 		return "events_dropped"
+	case EventGoAway:
+		return "goaway"
+	case EventPingFailed:
+		return "ping_failed"
+	case EventRefusedStream:
+		return "refused_stream"
 	}
 	return "unknown"
 }

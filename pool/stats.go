@@ -11,24 +11,28 @@ type CloseReason string
 
 // The reasons a connection is closed.
 const (
-	CloseIdleTimeout  CloseReason = "idle_timeout"  // idle longer than IdleConnTimeout
-	CloseMaxLifetime  CloseReason = "max_lifetime"  // older than MaxConnLifetime
-	CloseMaxRequests  CloseReason = "max_requests"  // served MaxRequestsPerConn requests
-	CloseIdleLimit    CloseReason = "idle_limit"    // over MaxIdleConnsPerHost or MaxIdleConns
-	CloseServerClosed CloseReason = "server_closed" // the server closed it or asked to
-	CloseUnusable     CloseReason = "unusable"      // its state after a request rules out reuse
-	CloseError        CloseReason = "error"         // a request on it failed
-	CloseCanceled     CloseReason = "canceled"      // its request was canceled mid-flight
-	CloseDrain        CloseReason = "drain"         // CloseIdle or Drain
-	ClosePolicy       CloseReason = "policy"        // a policy change left no room for it
-	CloseShutdown     CloseReason = "shutdown"      // Close
-	CloseEgress       CloseReason = "egress_denied" // its scope's rules no longer allow its address
+	CloseIdleTimeout   CloseReason = "idle_timeout"   // idle longer than IdleConnTimeout
+	CloseMaxLifetime   CloseReason = "max_lifetime"   // older than MaxConnLifetime
+	CloseMaxRequests   CloseReason = "max_requests"   // served MaxRequestsPerConn requests
+	CloseIdleLimit     CloseReason = "idle_limit"     // over MaxIdleConnsPerHost or MaxIdleConns
+	CloseServerClosed  CloseReason = "server_closed"  // the server closed it or asked to
+	CloseUnusable      CloseReason = "unusable"       // its state after a request rules out reuse
+	CloseError         CloseReason = "error"          // a request on it failed
+	CloseCanceled      CloseReason = "canceled"       // its request was canceled mid-flight
+	CloseDrain         CloseReason = "drain"          // CloseIdle or Drain
+	ClosePolicy        CloseReason = "policy"         // a policy change left no room for it
+	CloseShutdown      CloseReason = "shutdown"       // Close
+	CloseEgress        CloseReason = "egress_denied"  // its scope's rules no longer allow its address
+	CloseGoAway        CloseReason = "goaway"         // HTTP/2: the server sent GOAWAY and its streams ended
+	ClosePingTimeout   CloseReason = "ping_timeout"   // HTTP/2: a PING or a write went unanswered
+	CloseProtocolError CloseReason = "protocol_error" // HTTP/2: the peer broke the protocol
 )
 
 // closeReasons lists every CloseReason; counters are indexed by position.
 var closeReasons = [...]CloseReason{
 	CloseIdleTimeout, CloseMaxLifetime, CloseMaxRequests, CloseIdleLimit, CloseServerClosed,
 	CloseUnusable, CloseError, CloseCanceled, CloseDrain, ClosePolicy, CloseShutdown, CloseEgress,
+	CloseGoAway, ClosePingTimeout, CloseProtocolError,
 }
 
 func reasonIndex(r CloseReason) int {
@@ -77,8 +81,11 @@ type HostStats struct {
 	// Active, Idle and Dialing count connections; Pending counts requests
 	// waiting for one.
 	Active, Idle, Dialing, Pending int
-	Counters                       HostCounters
-	Policy                         string // Effective.Source of the policy in force
+	// H2Conns counts the open HTTP/2 conns among Active and Idle, and
+	// Streams the requests they carry now.
+	H2Conns, Streams int
+	Counters         HostCounters
+	Policy           string // Effective.Source of the policy in force
 }
 
 // HostCounters are cumulative counts for one host pool since it was created.
@@ -91,6 +98,11 @@ type HostCounters struct {
 	QueueOverflows uint64 // requests refused with ErrQueueFull
 	Timeouts       uint64 // requests that failed on a deadline
 	Errors         uint64 // requests that failed, timeouts included
+	// Streams counts requests sent as HTTP/2 streams; GoAways, the GOAWAY
+	// frames received; RefusedStreams, streams the peer refused
+	// (REFUSED_STREAM or above a GOAWAY's last stream id); PingFailures,
+	// PINGs left unanswered.
+	Streams, GoAways, RefusedStreams, PingFailures uint64
 	// TimeoutsByPhase splits Timeouts by the phase that ran out of time.
 	TimeoutsByPhase map[Phase]uint64
 	// Closed counts closed connections by reason.
@@ -102,7 +114,7 @@ type ConnInfo struct {
 	ID                    uint64
 	Host                  string // the host pool key
 	State                 ConnState
-	Protocol              string // "HTTP/1.1"
+	Protocol              string // "HTTP/1.1" or "HTTP/2.0"
 	LocalAddr, RemoteAddr string
 	TLSVersion            uint16 // 0 for plain TCP
 	TLSCipherSuite        uint16
@@ -112,6 +124,18 @@ type ConnInfo struct {
 	BytesRead             uint64
 	BytesWritten          uint64
 	ActiveStreams         int
+
+	// HTTP/2 only. PendingStreams are requests queued for this conn's
+	// streams; PeerMaxStreams is the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+	// (0 before its SETTINGS), MaxStreams the limit in force (the lower of
+	// that and the policy's). LastPingRTT is the last PING's round trip.
+	// GoAway says a GOAWAY was received, with its error code.
+	PendingStreams int
+	PeerMaxStreams uint32
+	MaxStreams     uint32
+	LastPingRTT    time.Duration
+	GoAway         bool
+	GoAwayCode     uint32
 }
 
 // ConnFilter selects connections for Engine.Conns.
@@ -125,6 +149,7 @@ type ConnFilter struct {
 // the host lock.
 type hostCounters struct {
 	requests, dials, dialErrors, reused, retries, queueOverflows, timeouts, errors atomic.Uint64
+	streams, goAways, refusedStreams, pingFailures                                 atomic.Uint64
 	timeoutsByPhase                                                                [len(phases)]atomic.Uint64
 	closed                                                                         [len(closeReasons)]atomic.Uint64
 }
@@ -139,6 +164,10 @@ func (c *hostCounters) snapshot() HostCounters {
 		QueueOverflows:  c.queueOverflows.Load(),
 		Timeouts:        c.timeouts.Load(),
 		Errors:          c.errors.Load(),
+		Streams:         c.streams.Load(),
+		GoAways:         c.goAways.Load(),
+		RefusedStreams:  c.refusedStreams.Load(),
+		PingFailures:    c.pingFailures.Load(),
 		TimeoutsByPhase: make(map[Phase]uint64),
 		Closed:          make(map[CloseReason]uint64),
 	}

@@ -34,6 +34,8 @@ func (e *Engine) Totals() []HostStats {
 		sum.Idle += s.Idle
 		sum.Dialing += s.Dialing
 		sum.Pending += s.Pending
+		sum.H2Conns += s.H2Conns
+		sum.Streams += s.Streams
 		sum.Counters.add(s.Counters)
 	}
 	out := make([]HostStats, 0, len(byKey)+1)
@@ -54,6 +56,10 @@ func (c *HostCounters) add(k HostCounters) {
 	c.QueueOverflows += k.QueueOverflows
 	c.Timeouts += k.Timeouts
 	c.Errors += k.Errors
+	c.Streams += k.Streams
+	c.GoAways += k.GoAways
+	c.RefusedStreams += k.RefusedStreams
+	c.PingFailures += k.PingFailures
 	if c.Closed == nil {
 		c.Closed = make(map[CloseReason]uint64, len(k.Closed))
 	}
