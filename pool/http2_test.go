@@ -1,0 +1,153 @@
+package pool
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// h2Upstream serves handler over HTTP/2 on loopback, TLS with ALPN h2 when
+// ca is set, else h2c with prior knowledge. It reports the URL and counts
+// the conns it accepted.
+func h2Upstream(t testing.TB, ca *testCA, maxStreams uint32, handler http.HandlerFunc) (url string, conns *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = new(atomic.Int64)
+	srv := &http2.Server{MaxConcurrentStreams: maxStreams}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	done := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			if ca != nil {
+				tc := tls.Server(nc, &tls.Config{Certificates: []tls.Certificate{ca.leaf}, NextProtos: []string{"h2"}})
+				if err := tc.Handshake(); err != nil {
+					nc.Close()
+					continue
+				}
+				nc = tc
+			}
+			mu.Lock()
+			open = append(open, nc)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				srv.ServeConn(nc, &http2.ServeConnOpts{Handler: handler})
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	scheme := "http"
+	if ca != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + ln.Addr().String(), conns
+}
+
+func TestHTTP2RoundTripOnOneConn(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "h2c", true: "tls"}[tlsOn], func(t *testing.T) {
+			var ca *testCA
+			opts := Options{}
+			if tlsOn {
+				ca = newTestCA(t)
+				opts.Dialer = ca.dialer()
+			}
+			release := make(chan struct{})
+			var inFlight, peak atomic.Int64
+			url, conns := h2Upstream(t, ca, 250, func(w http.ResponseWriter, r *http.Request) {
+				n := inFlight.Add(1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				<-release
+				inFlight.Add(-1)
+				io.WriteString(w, r.Proto)
+			})
+			e := newTestEngine(t, opts, func(p *Policy) { p.Protocols = ptr(ProtocolsH2C) })
+			// A first request teaches the pool the host's stream limit:
+			// before it, a dial in flight counts as 100 streams.
+			warm, _ := http.NewRequest("GET", url+"/warm", nil)
+			close(release)
+			resp, err := e.RoundTrip(warm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			release = make(chan struct{})
+			peak.Store(0)
+			const n = 200
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					req, _ := http.NewRequest("GET", url+"/x", nil)
+					resp, err := e.RoundTrip(req)
+					if err != nil {
+						errs <- err
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if string(b) != "HTTP/2.0" || resp.ProtoMajor != 2 {
+						t.Errorf("body %q proto %d", b, resp.ProtoMajor)
+					}
+				}()
+			}
+			for inFlight.Load() < n {
+				select {
+				case err := <-errs:
+					t.Fatal(err)
+				default:
+				}
+				time.Sleep(time.Millisecond)
+			}
+			cs := e.Conns(ConnFilter{})
+			if len(cs) != 1 || cs[0].Protocol != "HTTP/2.0" || cs[0].ActiveStreams != n {
+				t.Errorf("conns during the burst: %+v", cs)
+			}
+			close(release)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if got := conns.Load(); got != 1 {
+				t.Errorf("upstream accepted %d conns, want 1", got)
+			}
+			if peak.Load() != n {
+				t.Errorf("peak concurrency %d", peak.Load())
+			}
+		})
+	}
+}
