@@ -39,6 +39,15 @@ func (hp *hostPool) snapshot() HostStats {
 	hp.mu.Lock()
 	s.Active, s.Idle, s.Dialing, s.Pending = hp.active, len(hp.idle), hp.dialing, hp.waiters.n
 	s.Policy = hp.eff.Source
+	s.H2Conns = len(hp.mux)
+	for _, c := range hp.mux {
+		s.Streams += c.streams
+	}
+	for _, c := range hp.idle {
+		if c.h2 != nil {
+			s.H2Conns++
+		}
+	}
 	hp.mu.Unlock()
 	s.Counters = hp.stats.snapshot()
 	return s
