@@ -86,10 +86,12 @@ type conn struct {
 
 	// HTTP/2 only; h2 is set with proto before the conn is offered.
 	h2 *h2conn
-	// Guarded by hp.mu: the streams the pool has handed out, whether
+	// Guarded by hp.mu: the streams the pool has handed out now and in
+	// all, whether
 	// x/net refused one the count had room for, and whether the GOAWAY
 	// was counted.
 	streams         int
+	h2Taken         uint64 // streams handed out over the conn's life
 	h2Blocked       bool
 	h2GoAwayCounted bool
 	// Written by the conn's frame watcher: the peer's stream limit and

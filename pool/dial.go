@@ -119,6 +119,7 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 		hp.activateH2Locked(c)
 		if !hp.deliverLocked(w, c, nil) {
 			c.streams--
+			c.h2Taken--
 		}
 		hp.serveWaitersLocked(c)
 		if c.streams == 0 {

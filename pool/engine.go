@@ -352,6 +352,7 @@ func (e *Engine) Close() error {
 	e.closed = true
 	e.isClosed.Store(true)
 	e.mu.Unlock()
+	e.goAwayIdle()
 	e.cancel()
 	for _, hp := range e.hostList() {
 		hp.shutdown()

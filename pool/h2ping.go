@@ -122,3 +122,29 @@ func (h *h2conn) pingRTT() time.Duration {
 	defer h.pingMu.Unlock()
 	return h.lastRTT
 }
+
+// goAwayIdle sends GOAWAY on every idle HTTP/2 conn before Close closes
+// them, so that the peer sees a graceful end rather than a reset. A peer
+// that does not take the frame within h2GoAwayWait is closed on anyway.
+func (e *Engine) goAwayIdle() {
+	var wg sync.WaitGroup
+	for _, c := range e.h2conns.list(nil) {
+		c.hp.mu.Lock()
+		idle := c.state == ConnIdle
+		c.hp.mu.Unlock()
+		if !idle {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), h2GoAwayWait)
+			defer cancel()
+			_ = c.h2.cl.shutdown(ctx)
+		}()
+	}
+	wg.Wait()
+}
+
+// h2GoAwayWait bounds goAwayIdle.
+const h2GoAwayWait = time.Second

@@ -62,8 +62,25 @@ func (hp *hostPool) streamLimitLocked(c *conn) int {
 
 // canStreamLocked reports whether c may take one more stream.
 func (hp *hostPool) canStreamLocked(c *conn) bool {
-	return c.state == ConnActive && c.retire == "" && !c.h2Blocked &&
-		c.h2GoAway.Load() == 0 && c.streams < hp.streamLimitLocked(c)
+	if c.state != ConnActive || c.retire != "" || c.h2Blocked || c.h2GoAway.Load() != 0 ||
+		c.streams >= hp.streamLimitLocked(c) {
+		return false
+	}
+	// The conn's budget of requests and of age: met, it takes no new
+	// stream and retires when its last one ends.
+	if n := hp.eff.MaxRequestsPerConn; n > 0 && c.h2Taken >= uint64(n) {
+		return false
+	}
+	if d := hp.eff.MaxConnLifetime; d > 0 && hp.e.now().Sub(c.created) >= d {
+		return false
+	}
+	return true
+}
+
+// addStreamLocked counts a stream handed out on c.
+func (hp *hostPool) addStreamLocked(c *conn) {
+	c.streams++
+	c.h2Taken++
 }
 
 // takeStreamLocked claims a stream on the first active HTTP/2 conn with
@@ -72,7 +89,7 @@ func (hp *hostPool) canStreamLocked(c *conn) bool {
 func (hp *hostPool) takeStreamLocked() *conn {
 	for _, c := range hp.mux {
 		if hp.canStreamLocked(c) {
-			c.streams++
+			hp.addStreamLocked(c)
 			c.lastUsed = hp.e.now()
 			return c
 		}
@@ -116,9 +133,10 @@ func (hp *hostPool) strictFullLocked() bool {
 // serveWaitersLocked hands c's free streams to the oldest waiters.
 func (hp *hostPool) serveWaitersLocked(c *conn) {
 	for w := hp.firstWaiterLocked(); w != nil && hp.canStreamLocked(c); w = hp.firstWaiterLocked() {
-		c.streams++
+		hp.addStreamLocked(c)
 		if !hp.deliverLocked(w, c, nil) {
 			c.streams--
+			c.h2Taken--
 		}
 	}
 }
@@ -127,6 +145,7 @@ func (hp *hostPool) serveWaitersLocked(c *conn) {
 // stream, the caller's.
 func (hp *hostPool) activateH2Locked(c *conn) {
 	c.streams = 1
+	c.h2Taken++
 	c.lastUsed = hp.e.now()
 	hp.mux = append(hp.mux, c)
 }
@@ -251,4 +270,16 @@ func (h *h2conn) checkAlive() (CloseReason, bool) {
 // preface: RFC 9113 section 3.4 makes it the first frame a server sends.
 func h2SettingsWait(eff Effective) time.Duration {
 	return min(eff.H2PingTimeout, eff.TLSHandshakeTimeout)
+}
+
+// goAway tells the peer, with GOAWAY, that a retiring conn opens no more
+// streams; x/net closes it when its last stream ends, as the pool does.
+// The goroutine is the engine's and ends with the conn.
+func (h *h2conn) goAway() {
+	e := h.c.hp.e
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		_ = h.cl.shutdown(e.ctx)
+	}()
 }

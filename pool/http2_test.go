@@ -151,3 +151,45 @@ func TestHTTP2RoundTripOnOneConn(t *testing.T) {
 		})
 	}
 }
+
+func TestHTTP2ColdBurstOpensFewConns(t *testing.T) {
+	release := make(chan struct{})
+	url, conns := h2Upstream(t, nil, 10, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "ok")
+	})
+	e := newTestEngine(t, Options{}, func(p *Policy) { p.Protocols = ptr(ProtocolsH2C) })
+	const n = 50
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", url+"/", nil)
+			resp, err := e.RoundTrip(req)
+			if err != nil {
+				t.Error(err)
+				failed.Add(1)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+	// Every request reaches the upstream or is queued before the release.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if s, _ := e.Host(url); s.Streams == n {
+			break
+		}
+	}
+	close(release)
+	wg.Wait()
+	s, _ := e.Host(url)
+	if got := conns.Load(); got > 5 || s.Counters.Dials > 5 {
+		t.Errorf("%d conns accepted, %d dials, want at most 5", got, s.Counters.Dials)
+	}
+	if s.Counters.RefusedStreams != 0 || s.Counters.Errors != 0 {
+		t.Errorf("refused %d, errors %d", s.Counters.RefusedStreams, s.Counters.Errors)
+	}
+}

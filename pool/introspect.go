@@ -97,16 +97,23 @@ func (e *Engine) drain(host string, active bool) (closedIdle, draining int) {
 		for _, c := range victims {
 			hp.removeLocked(c, CloseDrain)
 		}
+		var goAway []*conn
 		if active {
 			for c := range hp.conns {
 				if c.state == ConnActive && c.retire == "" {
 					c.retire = CloseDrain
 					draining++
+					if c.h2 != nil {
+						goAway = append(goAway, c)
+					}
 				}
 			}
 		}
 		hp.mu.Unlock()
 		closeConns(victims)
+		for _, c := range goAway {
+			c.h2.goAway()
+		}
 		closedIdle += len(victims)
 	}
 	return closedIdle, draining
