@@ -74,6 +74,12 @@ func (hp *hostPool) canStreamLocked(c *conn) bool {
 	if d := hp.eff.MaxConnLifetime; d > 0 && hp.e.now().Sub(c.created) >= d {
 		return false
 	}
+	// Egress rules that now deny its address stop new streams at once,
+	// as they stop the checkout of an idle conn.
+	if hp.scope != nil && hp.proxy == nil && hp.scope.deniesConn(hp.host, c) {
+		c.retire = CloseEgress
+		return false
+	}
 	return true
 }
 
