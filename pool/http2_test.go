@@ -193,3 +193,112 @@ func TestHTTP2ColdBurstOpensFewConns(t *testing.T) {
 		t.Errorf("refused %d, errors %d", s.Counters.RefusedStreams, s.Counters.Errors)
 	}
 }
+
+// freezer relays loopback TCP to target until frozen, then swallows
+// everything in both directions, as a peer that went silent.
+type freezer struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			a, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns = append(f.conns, a, b)
+			f.mu.Unlock()
+			f.wg.Add(2)
+			go f.pipe(a, b)
+			go f.pipe(b, a)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		f.mu.Lock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *freezer) pipe(dst, src net.Conn) {
+	defer f.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !f.frozen.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func TestHTTP2SilentPeerIsClosedByPing(t *testing.T) {
+	url, _ := h2Upstream(t, nil, 100, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	f := newFreezer(t, url[len("http://"):])
+	front := "http://" + f.ln.Addr().String()
+	e := newTestEngine(t, Options{}, func(p *Policy) {
+		p.Protocols = ptr(ProtocolsH2C)
+		p.H2ReadIdleTimeout = ptr(time.Second)
+		p.H2PingTimeout = ptr(time.Second)
+	})
+	get := func() error {
+		req, _ := http.NewRequest("GET", front+"/", nil)
+		resp, err := e.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	f.frozen.Store(true)
+	start := time.Now()
+	for {
+		s, _ := e.Host(front)
+		if s.Counters.Closed[ClosePingTimeout] == 1 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("not closed for ping_timeout: %+v", s.Counters)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("closed after %v", time.Since(start))
+	f.frozen.Store(false)
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := e.Host(front); s.Counters.Dials != 2 || s.Counters.PingFailures != 1 {
+		t.Errorf("dials %d ping failures %d", s.Counters.Dials, s.Counters.PingFailures)
+	}
+}
