@@ -64,13 +64,8 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	if d := x.eff.ResponseHeaderTimeout; d > 0 {
 		s.timer = time.AfterFunc(d, func() { cancel(errH2HeaderTimeout) })
 	}
-	r := new(http.Request)
-	*r = *x.req
+	r := x.req.WithContext(ctx) // a shallow copy: the caller's request stays as it was
 	r.Body = x.body
-	if r.Body == nil {
-		r.Body = http.NoBody
-	}
-	r = r.WithContext(ctx)
 	x.writeStart = time.Now()
 	resp, err := h.cl.roundTrip(r)
 	if s.timer != nil {
