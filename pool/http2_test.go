@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -300,5 +301,59 @@ func TestHTTP2SilentPeerIsClosedByPing(t *testing.T) {
 	}
 	if s, _ := e.Host(front); s.Counters.Dials != 2 || s.Counters.PingFailures != 1 {
 		t.Errorf("dials %d ping failures %d", s.Counters.Dials, s.Counters.PingFailures)
+	}
+}
+
+// TestHTTP2StressCancelAndLimits mixes cancelled, timed-out and finished
+// streams over a few conns with a small stream limit, and checks that the
+// pool's count of streams comes back to zero and every conn goes idle.
+func TestHTTP2StressCancelAndLimits(t *testing.T) {
+	url, _ := h2Upstream(t, nil, 4, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		case "/reset":
+			panic(http.ErrAbortHandler)
+		}
+		io.WriteString(w, "ok")
+	})
+	e := newTestEngine(t, Options{}, func(p *Policy) {
+		p.Protocols = ptr(ProtocolsH2C)
+		p.MaxConnsPerHost = ptr(uint32(3))
+	})
+	var wg sync.WaitGroup
+	for g := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				path := [...]string{"/", "/slow", "/reset", "/"}[(g+i)%4]
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration((g*7+i)%20)*time.Millisecond)
+				req, _ := http.NewRequestWithContext(ctx, "GET", url+path, nil)
+				resp, err := e.RoundTrip(req)
+				if err == nil {
+					if i%3 == 0 {
+						resp.Body.Close()
+					} else {
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s, _ := e.Host(url)
+		if s.Streams == 0 && s.Active == 0 && s.Pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("streams never came back: %+v", s)
+		}
 	}
 }
