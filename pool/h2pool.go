@@ -104,22 +104,26 @@ func (hp *hostPool) takeStreamLocked() *conn {
 }
 
 // h2CoverLocked is how many waiting requests the HTTP/2 capacity already
-// on its way will serve: dials in flight that may come back HTTP/2, each
-// counted as min(cap, 100) streams while ALPN and SETTINGS are unknown
-// (a dial stays in flight until the peer's SETTINGS came). Requests it covers wait
-// instead of dialing, so a burst to a cold host opens one conn, not one
-// per request.
+// on its way will serve: dials in flight that may come back HTTP/2 (a
+// dial stays in flight until the peer's SETTINGS came). Each counts as the
+// limit the host's last conn announced or, for a host not heard from yet,
+// min(cap, 1000), the limit x/net assumes of a peer that states none.
+// Requests it covers wait instead of dialing, so a burst to a cold host
+// opens one conn while the burst fits its limit, and then as many more
+// as the limit it announced needs. No conn carries a stream before its
+// SETTINGS, so none goes over the peer's limit meanwhile.
 func (hp *hostPool) h2CoverLocked() int {
 	if hp.learned == learnedHTTP1 || !hp.wantsH2(hp.eff) {
 		return 0
 	}
-	cap, before := hp.streamCapLocked()
+	cap, _ := hp.streamCapLocked()
+	per := min(cap, h2DefaultPeerMax)
 	if hp.peerMaxHint > 0 {
 		// The host's last conn told its limit; the next one likely
 		// says the same.
-		before = min(cap, hp.peerMaxHint)
+		per = min(cap, hp.peerMaxHint)
 	}
-	return hp.dialing * before
+	return hp.dialing * per
 }
 
 // strictFullLocked reports whether the policy makes a request wait for a

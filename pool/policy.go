@@ -64,6 +64,10 @@ type Policy struct {
 	MaxPendingRequests *uint32
 	// MaxRetries is how many times an idempotent request is retried after a
 	// reused connection fails before any response byte. 0 never retries.
+	// A request the server did not process at all (an HTTP/2 stream it
+	// refused, or one above its GOAWAY's last stream id) is retried apart
+	// from this budget, whatever its method, up to 4 times with a growing
+	// pause, when its body can be sent again.
 	MaxRetries *uint32
 	// MaxResponseHeaderBytes bounds a response head (status line and
 	// headers), in bytes. Must be positive.
