@@ -71,6 +71,10 @@ func TestBenchUpstreamProcess(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	srv := &http.Server{Handler: mux, IdleTimeout: 5 * time.Minute}
+	// HTTP/1.1 and, for the HTTP/2 benchmarks, h2c with prior knowledge.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	go srv.Serve(ln)
 	fmt.Println(ln.Addr().String())
 	io.Copy(io.Discard, os.Stdin)
@@ -120,6 +124,23 @@ func newTransport(b *testing.B, name string, idlePerHost uint32) (http.RoundTrip
 			b.Fatal(err)
 		}
 		return engine, func() { engine.Close() }
+	case "engine=poold-h2c":
+		policy := benchPolicy(idlePerHost)
+		policy.Protocols = ptrTo(pool.ProtocolsH2C)
+		engine, err := pool.New(pool.Options{Policies: pool.PolicySet{Default: policy}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return engine, func() { engine.Close() }
+	case "engine=net-http-h2c":
+		std := &http.Transport{
+			MaxIdleConnsPerHost: int(idlePerHost),
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+			Protocols:           new(http.Protocols),
+		}
+		std.Protocols.SetUnencryptedHTTP2(true)
+		return std, std.CloseIdleConnections
 	case "engine=net-http":
 		std := &http.Transport{
 			MaxIdleConnsPerHost: int(idlePerHost),
@@ -152,6 +173,21 @@ func BenchmarkParallelGET(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkParallelGETH2C is BenchmarkParallelGET over HTTP/2 with prior
+// knowledge: every goroutine's requests share one conn as streams.
+func BenchmarkParallelGETH2C(b *testing.B) {
+	addr := startUpstreamProcess(b)
+	for _, size := range []struct{ name, path string }{{"body=100B", "/100"}, {"body=16KiB", "/16k"}} {
+		for _, name := range []string{"engine=poold-h2c", "engine=net-http-h2c"} {
+			b.Run(size.name+"/"+name, func(b *testing.B) {
+				parallelGET(b, name, context.Background(), "http://"+addr+size.path)
+			})
+		}
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
 
 // BenchmarkParallelGETWithDeadline is BenchmarkParallelGET's 100-byte case
 // with a request context that can end, as every request through the daemon

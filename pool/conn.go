@@ -83,6 +83,23 @@ type conn struct {
 	// a later one on the same conn.
 	ixMu  sync.Mutex
 	owner *exchange
+
+	// HTTP/2 only; h2 is set with proto before the conn is offered.
+	h2 *h2conn
+	// Guarded by hp.mu: the streams the pool has handed out now and in
+	// all, whether
+	// x/net refused one the count had room for, and whether the GOAWAY
+	// was counted.
+	streams         int
+	h2Taken         uint64 // streams handed out over the conn's life
+	h2Blocked       bool
+	h2GoAwayCounted bool
+	// Written by the conn's frame watcher: the peer's stream limit and
+	// GOAWAY code, each with a "seen" bit.
+	h2PeerMax atomic.Uint64
+	h2GoAway  atomic.Uint64
+	// h2Settings is closed when the peer's first SETTINGS arrives.
+	h2Settings chan struct{}
 }
 
 // setDialed records the result of the dial that began at start on a
@@ -130,6 +147,17 @@ func (c *conn) infoLocked() ConnInfo {
 		ci.Protocol = c.proto.protocol()
 		ci.ActiveStreams = c.proto.activeStreamsLocked()
 	}
+	if c.h2 != nil {
+		ci.MaxStreams = uint32(c.hp.streamLimitLocked(c))
+		if v := c.h2PeerMax.Load(); v&h2PeerMaxSeen != 0 {
+			ci.PeerMaxStreams = uint32(v)
+		}
+		if g := c.h2GoAway.Load(); g != 0 {
+			ci.GoAway, ci.GoAwayCode = true, uint32(g)
+		}
+		ci.PendingStreams = c.h2.cl.state().Pending
+		ci.LastPingRTT = c.h2.pingRTT()
+	}
 	if c.tlsState != nil {
 		ci.TLSVersion = c.tlsState.Version
 		ci.TLSCipherSuite = c.tlsState.CipherSuite
@@ -142,6 +170,9 @@ func (c *conn) infoLocked() ConnInfo {
 // have nothing to read: EOF means the server closed it, bytes mean it sent
 // something unasked.
 func (c *conn) checkAlive() (CloseReason, bool) {
+	if c.h2 != nil {
+		return c.h2.checkAlive()
+	}
 	if c.tcp == nil {
 		return "", true
 	}

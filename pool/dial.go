@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/poold/poold/dialer"
@@ -39,7 +40,7 @@ func (hp *hostPool) startDialLocked(w *wantConn) {
 // dialForWaitersLocked starts dials for queued requests while the host has
 // room: after a conn closes, a dial fails or the limits grow.
 func (hp *hostPool) dialForWaitersLocked() {
-	for hp.canDialLocked() {
+	for hp.canDialLocked() && hp.waitingNoDial > hp.h2CoverLocked() && !hp.strictFullLocked() {
 		w := hp.firstWaiterWithoutDialLocked()
 		if w == nil {
 			return
@@ -59,9 +60,10 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	if hp.scope != nil {
 		ctx = dialer.WithEgress(ctx, hp.scope.checker())
 	}
+	wantsH2, priorKnowledge := hp.wantsH2(eff), hp.h2PriorKnowledge(eff)
 	t := dialer.Target{Host: hp.host, Port: hp.port, TLS: hp.scheme == "https", Proxy: hp.proxy}
 	if t.TLS {
-		t.NextProtos = []string{"http/1.1"}
+		t.NextProtos = nextProtos(wantsH2, eff.Protocols)
 	}
 	start := time.Now()
 	dc, err := hp.e.dialer.Dial(ctx, t, dialer.Options{
@@ -73,11 +75,33 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 		hp.dialFailed(c, w, err)
 		return
 	}
+	var h2 *h2conn
+	if dc.TLS != nil && dc.TLS.NegotiatedProtocol == "h2" || dc.TLS == nil && priorKnowledge {
+		h2, err = hp.startH2(c, dc, eff)
+	} else if wantsH2 && eff.Protocols == ProtocolsH2 && dc.TLS != nil {
+		err = fmt.Errorf("%w: the upstream did not agree to HTTP/2 (ALPN %q) and the policy allows nothing else", ErrProtocol, dc.TLS.NegotiatedProtocol)
+		_ = dc.Conn.Close()
+	}
+	if err != nil {
+		hp.dialFailed(c, w, err)
+		return
+	}
 	hp.mu.Lock()
 	c.setDialed(dc, eff.KeepAlive, start) // under the lock: Conns reads the placeholder
+	if h2 != nil {
+		c.h2, c.proto = h2, h2
+		hp.learned = learnedH2
+		if v := c.h2PeerMax.Load(); v&h2PeerMaxSeen != 0 {
+			hp.peerMaxHint = int(uint32(v))
+		}
+		hp.e.h2conns.add(c)
+	} else {
+		hp.learned = learnedHTTP1
+	}
 	hp.dialing--
 	hp.setDialingLocked(w, false)
 	if hp.closed {
+		hp.e.h2conns.remove(c)
 		delete(hp.conns, c)
 		c.state = ConnClosing
 		hp.stats.closed[reasonIndex(CloseShutdown)].Add(1)
@@ -90,7 +114,19 @@ func (hp *hostPool) dial(c *conn, w *wantConn, eff Effective) {
 	hp.active++
 	hp.e.emit(hp, EventDialed, c.id, "", c.remote)
 	var victims []*conn
-	if !hp.deliverLocked(w, c, nil) {
+	switch {
+	case h2 != nil:
+		hp.activateH2Locked(c)
+		if !hp.deliverLocked(w, c, nil) {
+			c.streams--
+			c.h2Taken--
+		}
+		hp.serveWaitersLocked(c)
+		if c.streams == 0 {
+			hp.dropMuxLocked(c)
+			victims = hp.putIdleLocked(c)
+		}
+	case !hp.deliverLocked(w, c, nil):
 		victims = hp.handOffLocked(c)
 	}
 	// The dial slot this one held may be what a waiter was missing.
@@ -118,4 +154,42 @@ func (hp *hostPool) dialFailed(c *conn, w *wantConn, err error) {
 	hp.dialForWaitersLocked()
 	hp.e.emit(hp, EventDialFailed, c.id, "", err.Error())
 	hp.mu.Unlock()
+}
+
+// nextProtos is the ALPN offer for a TLS conn.
+func nextProtos(wantsH2 bool, p Protocols) []string {
+	switch {
+	case !wantsH2:
+		return []string{"http/1.1"}
+	case p == ProtocolsH2:
+		return []string{"h2"}
+	}
+	return []string{"h2", "http/1.1"}
+}
+
+// startH2 starts HTTP/2 on a fresh conn and waits for the peer's first
+// SETTINGS, so that the conn's stream limit is known before any request
+// is sent on it: a burst sent before it would have its excess refused.
+func (hp *hostPool) startH2(c *conn, dc *dialer.Conn, eff Effective) (*h2conn, error) {
+	c.nc = dc.Conn // the wire reads it; setDialed sets it again under the lock
+	c.h2Settings = make(chan struct{})
+	w := newH2Wire(c, eff.H2PingTimeout)
+	cl, err := hp.e.h2.newClient(w, eff.MaxResponseHeaderBytes)
+	if err != nil {
+		_ = dc.Conn.Close()
+		return nil, err
+	}
+	h := &h2conn{c: c, cl: cl, w: w}
+	t := time.NewTimer(h2SettingsWait(eff))
+	defer t.Stop()
+	select {
+	case <-c.h2Settings:
+		return h, nil
+	case <-t.C:
+		err = fmt.Errorf("%w: no HTTP/2 SETTINGS from the upstream within %v", ErrProtocol, h2SettingsWait(eff))
+	case <-hp.e.ctx.Done():
+		err = ErrClosed
+	}
+	_ = dc.Conn.Close()
+	return nil, err
 }

@@ -91,9 +91,11 @@ type Engine struct {
 
 	isClosed atomic.Bool // closed, readable without mu on hot paths
 
-	idle   idleLRU // idle conns of every host, for MaxIdleConns
-	events eventHub
-	connID atomic.Uint64
+	idle    idleLRU // idle conns of every host, for MaxIdleConns
+	h2      h2Transports
+	h2conns h2Registry // for the pinger
+	events  eventHub
+	connID  atomic.Uint64
 
 	ctx    context.Context // ends at Close: aborts dials, stops the reaper and subscribers
 	cancel context.CancelFunc
@@ -180,8 +182,9 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.snap.Store(newSnapshot(opts.Policies.Clone()))
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go e.reap()
+	go e.pinger()
 	return e, nil
 }
 
@@ -349,6 +352,7 @@ func (e *Engine) Close() error {
 	e.closed = true
 	e.isClosed.Store(true)
 	e.mu.Unlock()
+	e.goAwayIdle()
 	e.cancel()
 	for _, hp := range e.hostList() {
 		hp.shutdown()

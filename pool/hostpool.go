@@ -53,6 +53,13 @@ type hostPool struct {
 	removed        bool
 	unusedSince    time.Time
 	unusedRequests uint64
+	// mux holds the active HTTP/2 conns, which take more streams while
+	// they have room; learned is what the host's last dial spoke.
+	mux     []*conn
+	learned learnedProto
+	// peerMaxHint is the stream limit the host's last HTTP/2 conn
+	// announced, 0 before one did.
+	peerMaxHint int
 }
 
 func newHostPool(e *Engine, key, scheme, host, port string, proxy *url.URL, snap *policySnapshot, eff Effective) *hostPool {
@@ -112,6 +119,11 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 			hp.mu.Unlock()
 			return nil, &Error{Phase: PhaseQueue, Host: hp.key, Err: ErrClosed}
 		}
+		if c := hp.takeStreamLocked(); c != nil {
+			hp.mu.Unlock()
+			tm.gotConn(c, 0, start)
+			return c, nil
+		}
 		c, idleFor, victims := hp.takeIdleLocked()
 		if c != nil {
 			hp.mu.Unlock()
@@ -134,11 +146,15 @@ func (hp *hostPool) getConn(ctx context.Context, tm *timing) (*conn, error) {
 		// counts against MaxPendingRequests while it waits, so the bound is
 		// checked before it joins: against a black-holed upstream the
 		// dial cap stays full for a whole dial timeout.
+		cover := hp.h2CoverLocked()
 		switch {
-		case hp.canDialLocked():
+		case hp.waitingNoDial < cover:
+			// A dial in flight will bring streams enough for it.
+			hp.enqueueLocked(w)
+		case hp.canDialLocked() && !hp.strictFullLocked():
 			hp.startDialLocked(w)
 			hp.enqueueLocked(w)
-		case hp.waitingNoDial >= int(hp.eff.MaxPendingRequests):
+		case hp.waitingNoDial-cover >= int(hp.eff.MaxPendingRequests):
 			hp.mu.Unlock()
 			closeConns(victims)
 			hp.stats.queueOverflows.Add(1)
@@ -230,6 +246,9 @@ func (hp *hostPool) takeIdleLocked() (c *conn, idleFor time.Duration, victims []
 		hp.active++
 		c.state = ConnActive
 		c.lastUsed = now
+		if c.h2 != nil {
+			hp.activateH2Locked(c)
+		}
 		return c, now.Sub(c.idleSince), victims
 	}
 	return nil, 0, victims
@@ -301,6 +320,10 @@ func (hp *hostPool) removeLocked(c *conn, reason CloseReason) {
 	default:
 		panic("pool: internal error: removing a conn in state " + c.state.String())
 	}
+	if c.h2 != nil {
+		hp.dropMuxLocked(c)
+		hp.e.h2conns.remove(c)
+	}
 	c.state = ConnClosing
 	c.closeReason = reason
 	delete(hp.conns, c)
@@ -312,6 +335,10 @@ func (hp *hostPool) removeLocked(c *conn, reason CloseReason) {
 // release takes back a conn from a finished request. reason says why it
 // cannot be reused, or "" if it can; the policy may still retire it.
 func (hp *hostPool) release(c *conn, reason CloseReason) {
+	if c.h2 != nil {
+		hp.releaseStream(c, reason, false)
+		return
+	}
 	now := hp.e.now()
 	hp.mu.Lock()
 	if c.state == ConnClosing {

@@ -39,6 +39,15 @@ func (hp *hostPool) snapshot() HostStats {
 	hp.mu.Lock()
 	s.Active, s.Idle, s.Dialing, s.Pending = hp.active, len(hp.idle), hp.dialing, hp.waiters.n
 	s.Policy = hp.eff.Source
+	s.H2Conns = len(hp.mux)
+	for _, c := range hp.mux {
+		s.Streams += c.streams
+	}
+	for _, c := range hp.idle {
+		if c.h2 != nil {
+			s.H2Conns++
+		}
+	}
 	hp.mu.Unlock()
 	s.Counters = hp.stats.snapshot()
 	return s
@@ -88,16 +97,23 @@ func (e *Engine) drain(host string, active bool) (closedIdle, draining int) {
 		for _, c := range victims {
 			hp.removeLocked(c, CloseDrain)
 		}
+		var goAway []*conn
 		if active {
 			for c := range hp.conns {
 				if c.state == ConnActive && c.retire == "" {
 					c.retire = CloseDrain
 					draining++
+					if c.h2 != nil {
+						goAway = append(goAway, c)
+					}
 				}
 			}
 		}
 		hp.mu.Unlock()
 		closeConns(victims)
+		for _, c := range goAway {
+			c.h2.goAway()
+		}
 		closedIdle += len(victims)
 	}
 	return closedIdle, draining

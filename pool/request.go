@@ -27,6 +27,7 @@ func (hp *hostPool) roundTrip(req *http.Request, eff Effective, framing reqFrami
 		close:        req.Close || eff.DisableKeepAlives,
 		proxyAuth:    hp.proxyAuth,
 	}
+	unprocessed := 0
 	for attempt := 1; ; attempt++ {
 		x.tm.attempt(attempt)
 		var err error
@@ -39,6 +40,21 @@ func (hp *hostPool) roundTrip(req *http.Request, eff Effective, framing reqFrami
 		resp, retryable, err := x.c.proto.roundTrip(x)
 		if err == nil {
 			return resp, nil
+		}
+		if errors.Is(err, errUnprocessed) && unprocessed < maxUnprocessedRetries && ctx.Err() == nil && resendable(req) {
+			// The server did not act on it (RFC 9113 section 8.7): any
+			// method may go again, after a pause that grows, since a
+			// server refusing streams is shedding load.
+			body, rerr := rewind(req)
+			if rerr == nil && pause(ctx, unprocessed) {
+				unprocessed++
+				x = x.retry(body)
+				hp.stats.retries.Add(1)
+				continue
+			}
+			if rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 		}
 		if retryable && attempt <= int(eff.MaxRetries) && replayable(req) && ctx.Err() == nil {
 			body, rerr := rewind(req)
@@ -54,10 +70,31 @@ func (hp *hostPool) roundTrip(req *http.Request, eff Effective, framing reqFrami
 	}
 }
 
+// maxUnprocessedRetries bounds the attempts at a request the server kept
+// refusing without processing it.
+const maxUnprocessedRetries = 4
+
+// pause waits before the n+1th retry of an unprocessed request: none
+// before the first (a GOAWAY'd conn is simply replaced), then 10ms, 20ms,
+// 40ms. It reports false if ctx ended first.
+func pause(ctx context.Context, n int) bool {
+	if n == 0 {
+		return true
+	}
+	t := time.NewTimer(time.Duration(5<<n) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // replayable reports whether sending r again is safe: it is idempotent and
 // its body is empty or can be produced again.
 func replayable(r *http.Request) bool {
-	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
+	if !resendable(r) {
 		return false
 	}
 	switch r.Method {
@@ -67,6 +104,11 @@ func replayable(r *http.Request) bool {
 	_, a := r.Header["Idempotency-Key"]
 	_, b := r.Header["X-Idempotency-Key"]
 	return a || b
+}
+
+// resendable reports whether r's body can be produced again.
+func resendable(r *http.Request) bool {
+	return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
 }
 
 // rewind returns a fresh body for another attempt at r.
