@@ -47,65 +47,93 @@ func describeHost(e *pool.Engine, hostport string) func() string {
 
 func TestH2PoolCarriesAConcurrentBurstOnOneConn(t *testing.T) {
 	const n, limit = 200, 250
-	ca := dialertest.NewCA(t)
-	g := newGate(t)
-	u := newH2Upstream(t, ca, limit, g)
-	e := newH2Engine(t, ca, pool.Policy{})
-	client := &http.Client{Transport: e}
-	ctx := testContext(t)
+	tests := []struct {
+		name string
+		warm bool // one request first, so the pool has a conn and knows the limit
+	}{
+		{name: "cold host"},
+		{name: "host whose limit a first request learned", warm: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ca := dialertest.NewCA(t)
+			g := newGate(t)
+			u := newH2Upstream(t, ca, limit, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/warm" {
+					answer(w, r)
+					return
+				}
+				g.ServeHTTP(w, r)
+			}))
+			e := newH2Engine(t, ca, pool.Policy{})
+			client := &http.Client{Transport: e}
+			ctx := testContext(t)
+			streams := uint64(n)
+			if tt.warm {
+				req, err := http.NewRequestWithContext(ctx, "GET", u.URL+"/warm", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r := exchange(client.Do, req); r.err != nil || r.protoMajor != 2 {
+					t.Fatalf("first request: %+v", r)
+				}
+				streams++
+			}
 
-	results := make(chan h2Response, n)
-	for i := range n {
-		go func() {
-			req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/burst/%d", u.URL, i), nil)
-			if err != nil {
-				results <- h2Response{err: err}
-				return
+			results := make(chan h2Response, n)
+			for i := range n {
+				go func() {
+					req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/burst/%d", u.URL, i), nil)
+					if err != nil {
+						results <- h2Response{err: err}
+						return
+					}
+					r := exchange(client.Do, req)
+					if r.err == nil && r.body != echo("GET", req.URL.Path, 0) {
+						r.err = fmt.Errorf("%s: body %q", req.URL.Path, r.body)
+					}
+					results <- r
+				}()
 			}
-			r := exchange(client.Do, req)
-			if r.err == nil && r.body != echo("GET", req.URL.Path, 0) {
-				r.err = fmt.Errorf("%s: body %q", req.URL.Path, r.body)
+			// Every request is held by the handler: the burst is at its peak.
+			waitFor(t, 10*time.Second, "all requests in the handler", func() bool { return g.held.Load() == n },
+				describeConns(e, u.Host), describeHost(e, u.Host))
+			conns := e.Conns(pool.ConnFilter{Host: u.Host})
+			if len(conns) != 1 {
+				t.Errorf("during the burst the engine has %d conns, want 1: %+v", len(conns), conns)
 			}
-			results <- r
-		}()
-	}
-	// Every request is held by the handler: the burst is at its peak.
-	waitFor(t, 10*time.Second, "all requests in the handler", func() bool { return g.held.Load() == n },
-		describeConns(e, u.Host), describeHost(e, u.Host))
-	conns := e.Conns(pool.ConnFilter{Host: u.Host})
-	if len(conns) != 1 {
-		t.Errorf("during the burst the engine has %d conns, want 1: %+v", len(conns), conns)
-	}
-	for _, c := range conns {
-		if c.Protocol != h2Proto || c.ALPN != "h2" || c.ActiveStreams <= 1 {
-			t.Errorf("conn during the burst: protocol %q, ALPN %q, %d active streams; want %q, h2, more than 1",
-				c.Protocol, c.ALPN, c.ActiveStreams, h2Proto)
-		}
-		if c.PeerMaxStreams != limit || c.MaxStreams != limit {
-			t.Errorf("conn stream limits: peer %d, in force %d; want %d and %d", c.PeerMaxStreams, c.MaxStreams, limit, limit)
-		}
-	}
-	if h := h2Host(t, e, u.Host); h.H2Conns != 1 || h.Streams != n {
-		t.Errorf("during the burst: %d HTTP/2 conns carrying %d streams, want 1 and %d", h.H2Conns, h.Streams, n)
-	}
-	g.releaseAll()
-	for range n {
-		r := <-results
-		if r.err != nil {
-			t.Error(r.err)
-		} else if r.protoMajor != 2 {
-			t.Errorf("response ProtoMajor %d, want 2", r.protoMajor)
-		}
-	}
-	h := h2Host(t, e, u.Host)
-	if a := u.accepted.Load(); a != 1 || h.Counters.Dials != 1 {
-		t.Errorf("server accepted %d conns, engine dialed %d; want 1", a, h.Counters.Dials)
-	}
-	if p := u.peakPerConn(); p > limit {
-		t.Errorf("one conn had %d requests in the handler at once, limit %d", p, limit)
-	}
-	if h.Counters.Streams != n {
-		t.Errorf("Counters.Streams = %d, want %d", h.Counters.Streams, n)
+			for _, c := range conns {
+				if c.Protocol != h2Proto || c.ALPN != "h2" || c.ActiveStreams <= 1 {
+					t.Errorf("conn %d during the burst: protocol %q, ALPN %q, %d active streams; want %q, h2, more than 1",
+						c.ID, c.Protocol, c.ALPN, c.ActiveStreams, h2Proto)
+				}
+				if c.PeerMaxStreams != limit || c.MaxStreams != limit {
+					t.Errorf("conn %d stream limits: peer %d, in force %d; want %d and %d", c.ID, c.PeerMaxStreams, c.MaxStreams, limit, limit)
+				}
+			}
+			if h := h2Host(t, e, u.Host); h.H2Conns != 1 || h.Streams != n {
+				t.Errorf("during the burst: %d HTTP/2 conns carrying %d streams, want 1 and %d", h.H2Conns, h.Streams, n)
+			}
+			g.releaseAll()
+			for range n {
+				r := <-results
+				if r.err != nil {
+					t.Error(r.err)
+				} else if r.protoMajor != 2 {
+					t.Errorf("response ProtoMajor %d, want 2", r.protoMajor)
+				}
+			}
+			h := h2Host(t, e, u.Host)
+			if a := u.accepted.Load(); a != 1 || h.Counters.Dials != 1 {
+				t.Errorf("server accepted %d conns, engine dialed %d; want 1", a, h.Counters.Dials)
+			}
+			if p := u.peakPerConn(); p > limit {
+				t.Errorf("one conn had %d requests in the handler at once, limit %d", p, limit)
+			}
+			if h.Counters.Streams != streams {
+				t.Errorf("Counters.Streams = %d, want %d", h.Counters.Streams, streams)
+			}
+		})
 	}
 }
 
