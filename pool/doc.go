@@ -31,6 +31,30 @@
 //
 // A request that may have reached the server is retried only when it is
 // idempotent and failed on a reused connection before any response byte.
+// A request the server did not process (an HTTP/2 stream it refused or
+// that was above its GOAWAY's last stream id) goes again on another
+// connection whatever its method, when its body can be sent again.
+//
+// HTTP/2: over TLS the engine offers h2 and http/1.1 by ALPN (the policy's
+// Protocols field can ask for one of them only, or h2c with prior
+// knowledge on plaintext), and one host pool may hold conns of both. An
+// HTTP/2 conn runs golang.org/x/net/http2's client conn for framing, flow
+// control and HPACK; which request takes a stream, when to dial another
+// conn and when to retire one stay the pool's decisions, as for HTTP/1.1:
+//
+//   - A request takes a stream on the busiest conn with room (the peer's
+//     SETTINGS_MAX_CONCURRENT_STREAMS, capped by MaxConcurrentStreams);
+//     with none, it dials if MaxConnsPerHost allows, unless
+//     StrictMaxConcurrentStreams makes it wait in the host's queue.
+//   - A dial in flight counts as the streams it will likely bring, so a
+//     burst to a cold host opens one conn while the burst fits, not one
+//     per request; a conn takes no stream before the peer's SETTINGS.
+//   - One pinger per engine PINGs conns that have read nothing for
+//     H2ReadIdleTimeout and closes those that do not answer within
+//     H2PingTimeout, which also bounds every write; both apply to open
+//     conns when the policy changes.
+//   - GOAWAY stops new streams on the conn at once; the streams below its
+//     last stream id finish, and the conn closes after the last of them.
 //
 // Use it as any RoundTripper:
 //
@@ -55,5 +79,9 @@
 //
 // Locking: each host pool has one mutex guarding its lists and counts;
 // the global idle list's lock nests inside it. No I/O happens under either:
-// conns to close are collected under the lock and closed after.
+// conns to close are collected under the lock and closed after. x/net's
+// conn locks nest inside the host pool's (a stream is reserved under it),
+// and x/net never calls into the pool while holding them: the frame
+// watcher on an HTTP/2 conn's reads takes the host pool's lock from
+// x/net's reader, which holds none of its own there.
 package pool
