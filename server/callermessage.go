@@ -69,6 +69,15 @@ func describeFailure(err error, reason string) string {
 	case ReasonConnectionRefused:
 		return "the upstream refused the connection"
 	case ReasonUpstreamReset:
+		if reset := (*pool.StreamResetError)(nil); errors.As(err, &reset) {
+			if reset.GoAway {
+				return "the upstream ended the HTTP/2 connection with GOAWAY " + reset.CodeName() + " before the request completed"
+			}
+			if refusedUnprocessed(err) {
+				return "the upstream refused the HTTP/2 stream (REFUSED_STREAM) without processing the request"
+			}
+			return "the upstream reset the HTTP/2 stream with " + reset.CodeName()
+		}
 		return "the upstream closed or reset the connection"
 	case ReasonUpstreamProtocolError:
 		// The engine's protocol errors quote the upstream's bytes and say

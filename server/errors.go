@@ -29,6 +29,16 @@ const ErrorDomain = "poold.dev"
 // have acted on it. Such a failure is never UNAVAILABLE.
 const MetadataMayHaveReachedUpstream = "may_have_reached_upstream"
 
+// MetadataH2ErrorCode is the ErrorInfo metadata key naming the HTTP/2
+// error code, as RFC 9113 section 7 names it ("REFUSED_STREAM"), of an
+// upstream that reset the request's stream or ended its connection with
+// GOAWAY.
+const MetadataH2ErrorCode = "h2_error_code"
+
+// h2RefusedStream is the HTTP/2 error code REFUSED_STREAM (RFC 9113
+// section 7).
+const h2RefusedStream = 0x7
+
 // ErrorInfo reasons. The README's error table lists them with their codes.
 const (
 	ReasonInvalidArgument       = "INVALID_ARGUMENT"
@@ -85,9 +95,10 @@ func statusFromError(err error) error { return mapError(err, false) }
 // mapError maps an engine, dialer or context error to a gRPC status
 // carrying an ErrorInfo. It is the one place where poold decides which code
 // a caller sees: UNAVAILABLE when the call can be retried as it is, since
-// nothing of it reached the upstream, ABORTED when it failed the same way
-// after it may have, DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for
-// full queues and limits.
+// nothing of it reached the upstream (or the upstream refused its HTTP/2
+// stream unprocessed), ABORTED when it failed the same way after it may
+// have, DEADLINE_EXCEEDED for timeouts, RESOURCE_EXHAUSTED for full queues
+// and limits.
 //
 // The message names the phase and the host as the caller named it, never
 // the URL, whose query may hold secrets. Unless reveal is set (every
@@ -103,11 +114,23 @@ func mapError(err error, reveal bool) error {
 	}
 	code, reason := classify(err)
 	md := map[string]string{}
+	// A refused stream went out, but RFC 9113 promises the upstream did
+	// not act on it: it stays UNAVAILABLE, unmarked.
+	refused := reason == ReasonUpstreamReset && refusedUnprocessed(err)
+	var reset *pool.StreamResetError
+	if errors.As(err, &reset) {
+		md[MetadataH2ErrorCode] = reset.CodeName()
+		if reason == ReasonUpstreamReset && !refused {
+			// The stream was opened, so its headers went out, whatever
+			// the engine recorded.
+			md[MetadataMayHaveReachedUpstream] = "true"
+		}
+	}
 	var perr *pool.Error
 	if errors.As(err, &perr) {
 		md["phase"] = string(perr.Phase)
 		md["host"] = perr.Host
-		if perr.Sent {
+		if perr.Sent && !refused {
 			// UNAVAILABLE is the code gRPC clients retry on their own
 			// (retryableStatusCodes); a request the upstream may have
 			// acted on must not be sent again without the caller's say.
@@ -224,7 +247,17 @@ func classify(err error) (codes.Code, string) {
 	var alertErr tls.AlertError
 	var recordErr tls.RecordHeaderError
 	var protoErr *textproto.ProtocolError
+	var reset *pool.StreamResetError
 	switch {
+	case errors.As(err, &reset):
+		// RFC 9113 section 8.7: a stream refused with REFUSED_STREAM was
+		// not processed, so it may be sent again as it is. Any other
+		// reset, or a GOAWAY that took the stream with it, leaves the
+		// upstream free to have acted on the request.
+		if refusedUnprocessed(err) {
+			return codes.Unavailable, ReasonUpstreamReset
+		}
+		return codes.Aborted, ReasonUpstreamReset
 	case hasStep && derr.Step == dialer.StepProxy:
 		// Whatever went wrong on the way to or through the proxy (its
 		// name, a refused connect, a refused CONNECT), the upstream was
@@ -250,6 +283,19 @@ func classify(err error) (codes.Code, string) {
 		return codes.Unavailable, ReasonUpstreamProtocolError
 	}
 	return codes.Unavailable, ReasonUpstreamError
+}
+
+// refusedUnprocessed reports whether err is an HTTP/2 stream the upstream
+// refused before processing it: reset with REFUSED_STREAM, not ended by a
+// GOAWAY, and with no response head read (one that answered has
+// processed the request, whatever its reset says).
+func refusedUnprocessed(err error) bool {
+	var reset *pool.StreamResetError
+	if !errors.As(err, &reset) || reset.GoAway || reset.Code != h2RefusedStream {
+		return false
+	}
+	var perr *pool.Error
+	return !errors.As(err, &perr) || perr.Phase != pool.PhaseBody
 }
 
 func isTimeout(err error) bool {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -85,5 +86,69 @@ func TestStatusFromErrorKeepsAStatusAsItIs(t *testing.T) {
 	in := status.Error(codes.NotFound, "no such policy")
 	if got := statusFromError(in); got != in {
 		t.Errorf("statusFromError rewrote %v into %v", in, got)
+	}
+}
+
+func TestStreamResetsAreUnavailableOnlyWhenRefusedUnprocessed(t *testing.T) {
+	refused := &pool.StreamResetError{Code: 0x7}
+	tests := []struct {
+		name    string
+		err     error
+		code    codes.Code
+		reached bool   // may_have_reached_upstream
+		h2Code  string // h2_error_code
+		message string // what the caller reads after "phase host: "
+	}{
+		{"refused after the headers went out", &pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: refused, Sent: true},
+			codes.Unavailable, false, "REFUSED_STREAM", "refused the HTTP/2 stream (REFUSED_STREAM) without processing the request"},
+		{"refused with nothing recorded as sent", &pool.Error{Phase: pool.PhaseWrite, Host: "h:443", Err: refused},
+			codes.Unavailable, false, "REFUSED_STREAM", "refused the HTTP/2 stream"},
+		{"refused, not wrapped", refused, codes.Unavailable, false, "REFUSED_STREAM", "refused the HTTP/2 stream"},
+		{"refused after the response head arrived", &pool.Error{Phase: pool.PhaseBody, Host: "h:443", Err: refused, Sent: true},
+			codes.Aborted, true, "REFUSED_STREAM", "reset the HTTP/2 stream with REFUSED_STREAM"},
+		{"a GOAWAY's REFUSED_STREAM code promises nothing of this stream",
+			&pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: &pool.StreamResetError{Code: 0x7, GoAway: true}, Sent: true},
+			codes.Aborted, true, "REFUSED_STREAM", "ended the HTTP/2 connection with GOAWAY REFUSED_STREAM"},
+		{"a GOAWAY that ended the stream", &pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: &pool.StreamResetError{Code: 0x0, GoAway: true}, Sent: true},
+			codes.Aborted, true, "NO_ERROR", "ended the HTTP/2 connection with GOAWAY NO_ERROR"},
+		{"reset with CANCEL by the upstream", &pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: &pool.StreamResetError{Code: 0x8}, Sent: true},
+			codes.Aborted, true, "CANCEL", "reset the HTTP/2 stream with CANCEL"},
+		{"reset in the body", &pool.Error{Phase: pool.PhaseBody, Host: "h:443", Err: &pool.StreamResetError{Code: 0x2}, Sent: true},
+			codes.Aborted, true, "INTERNAL_ERROR", "reset the HTTP/2 stream with INTERNAL_ERROR"},
+		{"a reset the engine recorded as unsent was still an opened stream",
+			&pool.Error{Phase: pool.PhaseWrite, Host: "h:443", Err: &pool.StreamResetError{Code: 0x1}},
+			codes.Aborted, true, "PROTOCOL_ERROR", "reset the HTTP/2 stream with PROTOCOL_ERROR"},
+		{"a code RFC 9113 does not define", &pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: &pool.StreamResetError{Code: 0x1f}, Sent: true},
+			codes.Aborted, true, "0x1f", "reset the HTTP/2 stream with 0x1f"},
+		{"a timeout is a timeout whatever reset underneath",
+			&pool.Error{Phase: pool.PhaseResponseHeader, Host: "h:443", Err: errors.Join(refused, os.ErrDeadlineExceeded), Sent: true},
+			codes.DeadlineExceeded, true, "REFUSED_STREAM", "no response head in time"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := statusFromError(tt.err)
+			code, reason := codeAndReason(st)
+			wantReason := ReasonUpstreamReset
+			if tt.code == codes.DeadlineExceeded {
+				wantReason = ReasonResponseHeaderTimeout
+			}
+			if code != tt.code || reason != wantReason {
+				t.Errorf("statusFromError(%v) = %v %s, want %v %s", tt.err, code, reason, tt.code, wantReason)
+			}
+			md := errorInfo(st).GetMetadata()
+			if got := md[MetadataMayHaveReachedUpstream]; (got == "true") != tt.reached {
+				t.Errorf("%s = %q, want it set: %v", MetadataMayHaveReachedUpstream, got, tt.reached)
+			}
+			if tt.reached && code == codes.Unavailable {
+				t.Error("UNAVAILABLE for a request that may have reached the upstream")
+			}
+			if got := md[MetadataH2ErrorCode]; got != tt.h2Code {
+				t.Errorf("%s = %q, want %q", MetadataH2ErrorCode, got, tt.h2Code)
+			}
+			msg := status.Convert(st).Message()
+			if !strings.Contains(msg, tt.message) || strings.Contains(msg, "pool:") {
+				t.Errorf("message %q, want it to say %q in the caller's terms", msg, tt.message)
+			}
+		})
 	}
 }

@@ -93,6 +93,8 @@ func TestTheHTTPJSONAPIServesDoAsGRPCDoes(t *testing.T) {
 		{"bad URL", "/poold.v1.HTTPService/Do", `{"url": "ftp://example.com/"}`, nil, http.StatusBadRequest, []string{"INVALID_ARGUMENT", "url"}},
 		{"admin call without a token", "/poold.v1.PoolService/ListHosts", `{}`, nil, http.StatusUnauthorized, nil},
 		{"admin call with the token", "/poold.v1.PoolService/ListHosts", `{}`, []string{"Authorization", "Bearer admin-secret"}, http.StatusOK, []string{upAddr}},
+		{"the default policy with its HTTP/2 fields", "/poold.v1.PolicyService/GetPolicy", `{"name": "policies/default"}`, []string{"Authorization", "Bearer admin-secret"}, http.StatusOK,
+			[]string{`"protocols":"PROTOCOLS_H2_PREFERRED"`, `"maxConcurrentStreams":0`, `"strictMaxConcurrentStreams":false`, `"h2ReadIdleTimeout":"30s"`, `"h2PingTimeout":"15s"`}},
 		{"a call that changes policy", "/poold.v1.PolicyService/UpdatePolicy", `{}`, []string{"Authorization", "Bearer admin-secret"}, http.StatusNotFound, []string{"use gRPC"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -24,6 +24,9 @@ type PoolCollector struct {
 	requests, dials, dialErrors    *prometheus.Desc
 	reused, retries, overflows     *prometheus.Desc
 	errors, closed, timeouts       *prometheus.Desc
+	h2Conns, activeStreams         *prometheus.Desc
+	streams, goAways               *prometheus.Desc
+	refusedStreams, pingFailures   *prometheus.Desc
 }
 
 // NewPoolCollector exports engine's pools: a host label for each host the
@@ -48,20 +51,33 @@ func NewPoolCollector(engine *pool.Engine) *PoolCollector {
 		errors:     desc("errors_total", "Requests that failed."),
 		closed:     desc("closed_total", "Connections closed, by reason.", "reason"),
 		timeouts:   desc("timeouts_total", "Requests that timed out, by phase.", "phase"),
+
+		h2Conns:        desc("h2_connections", "HTTP/2 connections among the active and idle ones."),
+		activeStreams:  desc("active_streams", "Requests in flight on HTTP/2 connections, one stream each."),
+		streams:        desc("streams_total", "Requests sent as HTTP/2 streams."),
+		goAways:        desc("goaways_total", "GOAWAY frames received."),
+		refusedStreams: desc("refused_streams_total", "HTTP/2 streams the upstream refused unprocessed (REFUSED_STREAM, or above a GOAWAY's last stream)."),
+		pingFailures:   desc("ping_failures_total", "HTTP/2 PINGs left unanswered for h2_ping_timeout."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.active, c.idle, c.dialing, c.pending, c.requests, c.dials,
-		c.dialErrors, c.reused, c.retries, c.overflows, c.errors, c.closed, c.timeouts} {
+		c.dialErrors, c.reused, c.retries, c.overflows, c.errors, c.closed, c.timeouts,
+		c.h2Conns, c.activeStreams, c.streams, c.goAways, c.refusedStreams, c.pingFailures} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, h := range c.engine.Totals() {
+	c.collect(ch, c.engine.Totals())
+}
+
+// collect exports one snapshot of the engine's totals.
+func (c *PoolCollector) collect(ch chan<- prometheus.Metric, totals []pool.HostStats) {
+	for _, h := range totals {
 		if h.Key == "" {
 			h.Key = OtherHosts
 		}
@@ -75,6 +91,8 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.idle, h.Idle)
 		gauge(c.dialing, h.Dialing)
 		gauge(c.pending, h.Pending)
+		gauge(c.h2Conns, h.H2Conns)
+		gauge(c.activeStreams, h.Streams)
 		k := h.Counters
 		counter(c.requests, k.Requests)
 		counter(c.dials, k.Dials)
@@ -83,6 +101,10 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.retries, k.Retries)
 		counter(c.overflows, k.QueueOverflows)
 		counter(c.errors, k.Errors)
+		counter(c.streams, k.Streams)
+		counter(c.goAways, k.GoAways)
+		counter(c.refusedStreams, k.RefusedStreams)
+		counter(c.pingFailures, k.PingFailures)
 		for reason, n := range k.Closed {
 			counter(c.closed, n, string(reason))
 		}

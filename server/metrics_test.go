@@ -116,3 +116,44 @@ func TestPoolMetricsFollowTheEngineAndCapHostLabels(t *testing.T) {
 		t.Errorf("closed_total = %v, want 3 closes after CloseIdle", closed)
 	}
 }
+
+// fixedTotals exports a snapshot made in the test, for counts the engine
+// only reaches with upstreams the test cannot easily stage.
+type fixedTotals struct {
+	*PoolCollector
+	totals []pool.HostStats
+}
+
+func (f fixedTotals) Collect(ch chan<- prometheus.Metric) { f.collect(ch, f.totals) }
+
+func TestPoolMetricsCarryTheHTTP2CountsAndCloseReasons(t *testing.T) {
+	const host = "https://a.example:443"
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(fixedTotals{NewPoolCollector(nil), []pool.HostStats{{
+		Key: host, Active: 2, H2Conns: 2, Streams: 9,
+		Counters: pool.HostCounters{
+			Streams: 30, GoAways: 2, RefusedStreams: 3, PingFailures: 1,
+			Closed: map[pool.CloseReason]uint64{pool.CloseGoAway: 2, pool.ClosePingTimeout: 1, pool.CloseProtocolError: 4},
+		},
+	}}})
+	tests := []struct {
+		metric, labels string
+		want           float64
+	}{
+		{"poold_pool_h2_connections", host, 2},
+		{"poold_pool_active_streams", host, 9},
+		{"poold_pool_streams_total", host, 30},
+		{"poold_pool_goaways_total", host, 2},
+		{"poold_pool_refused_streams_total", host, 3},
+		{"poold_pool_ping_failures_total", host, 1},
+		{"poold_pool_closed_total", host + "|goaway", 2},
+		{"poold_pool_closed_total", host + "|ping_timeout", 1},
+		{"poold_pool_closed_total", host + "|protocol_error", 4},
+	}
+	for _, tt := range tests {
+		got, ok := gatherPoolMetric(t, reg, tt.metric)[tt.labels]
+		if !ok || got != tt.want {
+			t.Errorf("%s{%s} = %v (present %v), want %v", tt.metric, tt.labels, got, ok, tt.want)
+		}
+	}
+}

@@ -182,6 +182,8 @@ func pbool(v bool) *bool { return &v }
 
 func pstr(v string) *string { return &v }
 
+func pproto(v pooldv1.Protocols) *pooldv1.Protocols { return &v }
+
 // ignorePolicyVersion compares policies by their settings.
 var ignorePolicyVersion = protocmp.IgnoreFields(&pooldv1.Policy{}, "etag", "update_time")
 
@@ -318,6 +320,15 @@ func TestUpdatePolicyAppliesTheMaskAsAIP134Says(t *testing.T) {
 			want:   &pooldv1.Policy{Name: defaultPolicyName, DialTimeout: pdur(3 * time.Second), IdleConnTimeout: pdur(20 * time.Second), MaxIdleConns: pu32(10)},
 		},
 		{
+			name: "the HTTP/2 fields are set by name like every other",
+			policy: &pooldv1.Policy{Name: host, Protocols: pproto(pooldv1.Protocols_PROTOCOLS_H2), MaxConcurrentStreams: pu32(50),
+				StrictMaxConcurrentStreams: pbool(true), H2ReadIdleTimeout: pdur(0), H2PingTimeout: pdur(5 * time.Second)},
+			paths: []string{"protocols", "max_concurrent_streams", "strict_max_concurrent_streams", "h2_read_idle_timeout", "h2_ping_timeout"},
+			want: &pooldv1.Policy{Name: host, MaxRetries: pu32(2), TcpKeepalive: &pooldv1.TcpKeepalive{Enabled: pbool(false), Count: pu32(4)},
+				Protocols: pproto(pooldv1.Protocols_PROTOCOLS_H2), MaxConcurrentStreams: pu32(50),
+				StrictMaxConcurrentStreams: pbool(true), H2ReadIdleTimeout: pdur(0), H2PingTimeout: pdur(5 * time.Second)},
+		},
+		{
 			name:         "allow_missing creates a host policy",
 			policy:       &pooldv1.Policy{Name: "policies/*.example.com", RequestTimeout: pdur(time.Minute)},
 			allowMissing: true,
@@ -341,6 +352,10 @@ func TestUpdatePolicyAppliesTheMaskAsAIP134Says(t *testing.T) {
 		{name: "a nested keep-alive value names the nested field", policy: &pooldv1.Policy{Name: host, TcpKeepalive: &pooldv1.TcpKeepalive{Count: pu32(0)}}, wantField: "policy.tcp_keepalive.count", wantText: "must be from 1"},
 		{name: "a bad proxy URL names the field", policy: &pooldv1.Policy{Name: host, ProxyUrl: pstr("ftp://proxy:21")}, wantField: "policy.proxy_url", wantText: "scheme must be http or https"},
 		{name: "max_idle_conns on a host policy is refused", policy: &pooldv1.Policy{Name: host, MaxIdleConns: pu32(5)}, wantField: "policy.max_idle_conns", wantText: "only allowed in policies/default"},
+		{name: "protocols set to PROTOCOLS_UNSPECIFIED names the field", policy: &pooldv1.Policy{Name: host, Protocols: pproto(pooldv1.Protocols_PROTOCOLS_UNSPECIFIED)}, wantField: "policy.protocols", wantText: "PROTOCOLS_UNSPECIFIED is not a choice"},
+		{name: "protocols set to a number the API does not define names the field", policy: &pooldv1.Policy{Name: host, Protocols: pproto(99)}, wantField: "policy.protocols", wantText: "unknown value 99"},
+		{name: "a zero h2_ping_timeout names the field", policy: &pooldv1.Policy{Name: host, H2PingTimeout: pdur(0)}, wantField: "policy.h2_ping_timeout", wantText: "must be positive"},
+		{name: "a negative h2_read_idle_timeout names the field", policy: &pooldv1.Policy{Name: host, H2ReadIdleTimeout: pdur(-time.Second)}, wantField: "policy.h2_read_idle_timeout", wantText: "must not be negative"},
 		{name: "a request without a policy is refused", policy: nil, wantField: "policy", wantText: "is required"},
 		{name: "an empty name is refused", policy: &pooldv1.Policy{}, wantField: "policy.name", wantText: "is required"},
 		{name: "a name outside the collection is refused", policy: &pooldv1.Policy{Name: "default"}, wantField: "policy.name", wantText: `must be "policies/default" or "policies/{host}"`},

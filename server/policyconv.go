@@ -79,22 +79,27 @@ func toPoolPolicy(p *pooldv1.Policy) (pool.Policy, []fieldViolation) {
 			Interval: c.duration("tcp_keepalive.interval", ka.GetInterval()),
 			Count:    ka.Count,
 		},
-		ResponseHeaderTimeout:  c.duration("response_header_timeout", p.GetResponseHeaderTimeout()),
-		RequestTimeout:         c.duration("request_timeout", p.GetRequestTimeout()),
-		ExpectContinueTimeout:  c.duration("expect_continue_timeout", p.GetExpectContinueTimeout()),
-		BodyReadTimeout:        c.duration("body_read_timeout", p.GetBodyReadTimeout()),
-		IdleConnTimeout:        c.duration("idle_conn_timeout", p.GetIdleConnTimeout()),
-		MaxConnLifetime:        c.duration("max_conn_lifetime", p.GetMaxConnLifetime()),
-		MaxRequestsPerConn:     p.MaxRequestsPerConn,
-		MaxIdleConnsPerHost:    p.MaxIdleConnsPerHost,
-		MaxConnsPerHost:        p.MaxConnsPerHost,
-		MaxPendingRequests:     p.MaxPendingRequests,
-		MaxRetries:             p.MaxRetries,
-		MaxResponseHeaderBytes: p.MaxResponseHeaderBytes,
-		DisableKeepAlives:      p.DisableKeepalives,
-		ProxyURL:               p.ProxyUrl,
-		MaxIdleConns:           p.MaxIdleConns,
-		PropagateTraceContext:  p.PropagateTraceContext,
+		ResponseHeaderTimeout:      c.duration("response_header_timeout", p.GetResponseHeaderTimeout()),
+		RequestTimeout:             c.duration("request_timeout", p.GetRequestTimeout()),
+		ExpectContinueTimeout:      c.duration("expect_continue_timeout", p.GetExpectContinueTimeout()),
+		BodyReadTimeout:            c.duration("body_read_timeout", p.GetBodyReadTimeout()),
+		IdleConnTimeout:            c.duration("idle_conn_timeout", p.GetIdleConnTimeout()),
+		MaxConnLifetime:            c.duration("max_conn_lifetime", p.GetMaxConnLifetime()),
+		MaxRequestsPerConn:         p.MaxRequestsPerConn,
+		MaxIdleConnsPerHost:        p.MaxIdleConnsPerHost,
+		MaxConnsPerHost:            p.MaxConnsPerHost,
+		MaxPendingRequests:         p.MaxPendingRequests,
+		MaxRetries:                 p.MaxRetries,
+		MaxResponseHeaderBytes:     p.MaxResponseHeaderBytes,
+		DisableKeepAlives:          p.DisableKeepalives,
+		ProxyURL:                   p.ProxyUrl,
+		MaxIdleConns:               p.MaxIdleConns,
+		PropagateTraceContext:      p.PropagateTraceContext,
+		Protocols:                  c.protocols("protocols", p.Protocols),
+		MaxConcurrentStreams:       p.MaxConcurrentStreams,
+		StrictMaxConcurrentStreams: p.StrictMaxConcurrentStreams,
+		H2ReadIdleTimeout:          c.duration("h2_read_idle_timeout", p.GetH2ReadIdleTimeout()),
+		H2PingTimeout:              c.duration("h2_ping_timeout", p.GetH2PingTimeout()),
 	}
 	// The scalar pointers above alias p; copy them so that the result
 	// stays a value whatever later happens to the request message.
@@ -132,6 +137,61 @@ func (c *policyConverter) duration(field string, d *durationpb.Duration) *time.D
 	return &v
 }
 
+// protocolsFromProto maps the API's Protocols onto the engine's. The
+// zero value, PROTOCOLS_UNSPECIFIED, is absent on purpose: a caller who
+// sets protocols must say which.
+var protocolsFromProto = map[pooldv1.Protocols]pool.Protocols{
+	pooldv1.Protocols_PROTOCOLS_H2_PREFERRED: pool.ProtocolsH2Preferred,
+	pooldv1.Protocols_PROTOCOLS_HTTP1:        pool.ProtocolsHTTP1,
+	pooldv1.Protocols_PROTOCOLS_H2:           pool.ProtocolsH2,
+	pooldv1.Protocols_PROTOCOLS_H2C:          pool.ProtocolsH2C,
+}
+
+var protocolsToProto = func() map[pool.Protocols]pooldv1.Protocols {
+	m := make(map[pool.Protocols]pooldv1.Protocols, len(protocolsFromProto))
+	for k, v := range protocolsFromProto {
+		m[v] = k
+	}
+	return m
+}()
+
+// protocols converts a set Protocols, reporting PROTOCOLS_UNSPECIFIED and
+// numbers the API does not define (which protojson and the binary format
+// both let through) rather than handing the engine a value it would have
+// to guess at.
+func (c *policyConverter) protocols(field string, p *pooldv1.Protocols) *pool.Protocols {
+	if p == nil {
+		return nil
+	}
+	v, ok := protocolsFromProto[*p]
+	if !ok {
+		reason := fmt.Sprintf("unknown value %d", int32(*p))
+		if *p == pooldv1.Protocols_PROTOCOLS_UNSPECIFIED {
+			reason = "PROTOCOLS_UNSPECIFIED is not a choice"
+		}
+		c.violations = append(c.violations, fieldViolation{
+			Field:  c.prefix + field,
+			Reason: reason + ": must be one of PROTOCOLS_H2_PREFERRED, PROTOCOLS_HTTP1, PROTOCOLS_H2, PROTOCOLS_H2C, or unset to inherit",
+		})
+		return nil
+	}
+	return &v
+}
+
+// protocolsProto is the API's form of a stored Protocols. Stored values
+// passed validation, so every one has a name; anything else would be an
+// engine bug.
+func protocolsProto(p *pool.Protocols) *pooldv1.Protocols {
+	if p == nil {
+		return nil
+	}
+	v, ok := protocolsToProto[*p]
+	if !ok {
+		panic(fmt.Sprintf("server: internal error: policy holds protocols %v, which the API cannot name", *p))
+	}
+	return &v
+}
+
 // fromPoolPolicy converts a stored or resolved policy to its resource
 // form. Unset fields stay unset (a nil Duration or an absent optional), and
 // tcp_keepalive is present only when one of its fields is set, so that a
@@ -139,25 +199,30 @@ func (c *policyConverter) duration(field string, d *durationpb.Duration) *time.D
 func fromPoolPolicy(name string, p pool.Policy) *pooldv1.Policy {
 	p = pool.Policy{}.Merge(p)
 	out := &pooldv1.Policy{
-		Name:                   name,
-		DialTimeout:            durationProto(p.DialTimeout),
-		TlsHandshakeTimeout:    durationProto(p.TLSHandshakeTimeout),
-		ResponseHeaderTimeout:  durationProto(p.ResponseHeaderTimeout),
-		RequestTimeout:         durationProto(p.RequestTimeout),
-		ExpectContinueTimeout:  durationProto(p.ExpectContinueTimeout),
-		BodyReadTimeout:        durationProto(p.BodyReadTimeout),
-		IdleConnTimeout:        durationProto(p.IdleConnTimeout),
-		MaxConnLifetime:        durationProto(p.MaxConnLifetime),
-		MaxRequestsPerConn:     p.MaxRequestsPerConn,
-		MaxIdleConnsPerHost:    p.MaxIdleConnsPerHost,
-		MaxConnsPerHost:        p.MaxConnsPerHost,
-		MaxPendingRequests:     p.MaxPendingRequests,
-		MaxRetries:             p.MaxRetries,
-		MaxResponseHeaderBytes: p.MaxResponseHeaderBytes,
-		DisableKeepalives:      p.DisableKeepAlives,
-		ProxyUrl:               p.ProxyURL,
-		MaxIdleConns:           p.MaxIdleConns,
-		PropagateTraceContext:  p.PropagateTraceContext,
+		Name:                       name,
+		DialTimeout:                durationProto(p.DialTimeout),
+		TlsHandshakeTimeout:        durationProto(p.TLSHandshakeTimeout),
+		ResponseHeaderTimeout:      durationProto(p.ResponseHeaderTimeout),
+		RequestTimeout:             durationProto(p.RequestTimeout),
+		ExpectContinueTimeout:      durationProto(p.ExpectContinueTimeout),
+		BodyReadTimeout:            durationProto(p.BodyReadTimeout),
+		IdleConnTimeout:            durationProto(p.IdleConnTimeout),
+		MaxConnLifetime:            durationProto(p.MaxConnLifetime),
+		MaxRequestsPerConn:         p.MaxRequestsPerConn,
+		MaxIdleConnsPerHost:        p.MaxIdleConnsPerHost,
+		MaxConnsPerHost:            p.MaxConnsPerHost,
+		MaxPendingRequests:         p.MaxPendingRequests,
+		MaxRetries:                 p.MaxRetries,
+		MaxResponseHeaderBytes:     p.MaxResponseHeaderBytes,
+		DisableKeepalives:          p.DisableKeepAlives,
+		ProxyUrl:                   p.ProxyURL,
+		MaxIdleConns:               p.MaxIdleConns,
+		PropagateTraceContext:      p.PropagateTraceContext,
+		Protocols:                  protocolsProto(p.Protocols),
+		MaxConcurrentStreams:       p.MaxConcurrentStreams,
+		StrictMaxConcurrentStreams: p.StrictMaxConcurrentStreams,
+		H2ReadIdleTimeout:          durationProto(p.H2ReadIdleTimeout),
+		H2PingTimeout:              durationProto(p.H2PingTimeout),
 	}
 	if ka := p.TCPKeepAlive; ka != (pool.TCPKeepAlive{}) {
 		out.TcpKeepalive = &pooldv1.TcpKeepalive{

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
@@ -200,6 +201,8 @@ func hostProto(h pool.HostStats) *pooldv1.Host {
 		Idle:    uint32(h.Idle),
 		Dialing: uint32(h.Dialing),
 		Pending: uint32(h.Pending),
+		H2Conns: uint32(h.H2Conns),
+		Streams: uint32(h.Streams),
 		Counters: &pooldv1.HostCounters{
 			Requests:        c.Requests,
 			Dials:           c.Dials,
@@ -209,6 +212,10 @@ func hostProto(h pool.HostStats) *pooldv1.Host {
 			QueueOverflows:  c.QueueOverflows,
 			Timeouts:        c.Timeouts,
 			Errors:          c.Errors,
+			Streams:         c.Streams,
+			Goaways:         c.GoAways,
+			RefusedStreams:  c.RefusedStreams,
+			PingFailures:    c.PingFailures,
 			Closed:          closed,
 			TimeoutsByPhase: byPhase,
 		},
@@ -242,17 +249,27 @@ var connStateFromProto = map[pooldv1.ConnectionState]pool.ConnState{
 
 func connProto(c pool.ConnInfo) *pooldv1.Connection {
 	pc := &pooldv1.Connection{
-		Id:            c.ID,
-		Host:          c.Host,
-		State:         connStateToProto[c.State],
-		Protocol:      c.Protocol,
-		LocalAddress:  c.LocalAddr,
-		RemoteAddress: c.RemoteAddr,
-		Alpn:          c.ALPN,
-		Requests:      c.Requests,
-		BytesRead:     c.BytesRead,
-		BytesWritten:  c.BytesWritten,
-		ActiveStreams: uint32(c.ActiveStreams),
+		Id:             c.ID,
+		Host:           c.Host,
+		State:          connStateToProto[c.State],
+		Protocol:       c.Protocol,
+		LocalAddress:   c.LocalAddr,
+		RemoteAddress:  c.RemoteAddr,
+		Alpn:           c.ALPN,
+		Requests:       c.Requests,
+		BytesRead:      c.BytesRead,
+		BytesWritten:   c.BytesWritten,
+		ActiveStreams:  uint32(c.ActiveStreams),
+		PendingStreams: uint32(c.PendingStreams),
+		PeerMaxStreams: c.PeerMaxStreams,
+		MaxStreams:     c.MaxStreams,
+		Goaway:         c.GoAway,
+	}
+	if c.GoAway {
+		pc.GoawayErrorCode = h2CodeName(c.GoAwayCode)
+	}
+	if c.LastPingRTT > 0 {
+		pc.LastPingRtt = durationpb.New(c.LastPingRTT)
 	}
 	if c.TLSVersion != 0 {
 		pc.TlsVersion = tls.VersionName(c.TLSVersion)
@@ -277,6 +294,9 @@ var eventKindToProto = map[pool.EventKind]pooldv1.EventKind{
 	pool.EventQueueOverflow: pooldv1.EventKind_EVENT_KIND_QUEUE_OVERFLOW,
 	pool.EventPolicyChanged: pooldv1.EventKind_EVENT_KIND_POLICY_CHANGED,
 	pool.EventsDropped:      pooldv1.EventKind_EVENT_KIND_EVENTS_DROPPED,
+	pool.EventGoAway:        pooldv1.EventKind_EVENT_KIND_GOAWAY,
+	pool.EventPingFailed:    pooldv1.EventKind_EVENT_KIND_PING_FAILED,
+	pool.EventRefusedStream: pooldv1.EventKind_EVENT_KIND_REFUSED_STREAM,
 }
 
 var eventKindFromProto = func() map[pooldv1.EventKind]pool.EventKind {
@@ -300,4 +320,10 @@ func eventProto(ev pool.Event) *pooldv1.Event {
 		pe.Detail = fmt.Sprintf("%d events dropped: this watcher read too slowly", ev.Dropped)
 	}
 	return pe
+}
+
+// h2CodeName names an HTTP/2 error code as RFC 9113 section 7 does
+// ("NO_ERROR", "ENHANCE_YOUR_CALM"), the engine's names for it.
+func h2CodeName(code uint32) string {
+	return (&pool.StreamResetError{Code: code}).CodeName()
 }

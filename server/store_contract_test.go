@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
+	"github.com/poold/poold/pool"
 )
 
 // storage is one place a backend keeps resources, for the contract tests.
@@ -121,6 +123,65 @@ func testBackendContract(t *testing.T, newStorage func(t *testing.T) storage) {
 		etag := wantPolicies.GetPolicies()[1].GetEtag()
 		if _, err := again.Update(ctx, &pooldv1.Policy{Name: "policies/*.example.com", MaxRetries: pu32(2), Etag: etag}, nil, false); err != nil {
 			t.Fatalf("an etag from before the restart: %v", err)
+		}
+	})
+
+	t.Run("the HTTP/2 fields are stored, read back as written and applied", func(t *testing.T) {
+		st := newStorage(t)
+		raw := st.open(t)
+		ctx := policyTestContext(t)
+		// Written as an operator writes the stored form by hand: protojson,
+		// the enum by its name.
+		if _, err := raw.Put(ctx, "policies/h2c.example.com", []byte(`{"name":"policies/h2c.example.com","protocols":"PROTOCOLS_H2C","h2ReadIdleTimeout":"0s"}`), 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Put(ctx, "policies/unspecified.example.com", []byte(`{"name":"policies/unspecified.example.com","protocols":"PROTOCOLS_UNSPECIFIED"}`), 0); err != nil {
+			t.Fatal(err)
+		}
+		log := &syncWriter{}
+		s, _ := openContractStore(t, raw, StoreOptions{SkipBadValues: true, Logger: slog.New(slog.NewTextHandler(log, nil))})
+		if got := log.String(); !strings.Contains(got, "policies/unspecified.example.com: protocols: PROTOCOLS_UNSPECIFIED is not a choice") {
+			t.Errorf("log = %q, want the PROTOCOLS_UNSPECIFIED value refused naming its policy and field", got)
+		}
+		written := &pooldv1.Policy{
+			Name:                       "policies/api.example.com",
+			Protocols:                  pproto(pooldv1.Protocols_PROTOCOLS_HTTP1),
+			MaxConcurrentStreams:       pu32(64),
+			StrictMaxConcurrentStreams: pbool(true),
+			H2ReadIdleTimeout:          pdur(10 * time.Second),
+			H2PingTimeout:              pdur(3 * time.Second),
+		}
+		if _, err := s.Update(ctx, written, nil, true); err != nil {
+			t.Fatal(err)
+		}
+		want := s.List()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		again, rec := openContractStore(t, st.open(t), StoreOptions{SkipBadValues: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if diff := cmp.Diff(want, again.List(), protocmp.Transform()); diff != "" {
+			t.Errorf("policies after a restart (-before +after):\n%s", diff)
+		}
+		got, err := again.Get(written.GetName())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(written, got, protocmp.Transform(), ignorePolicyVersion); diff != "" {
+			t.Errorf("read back (-written +read):\n%s", diff)
+		}
+		engine := rec.last().Hosts
+		api, h2c := engine["api.example.com"], engine["h2c.example.com"]
+		if api.Protocols == nil || *api.Protocols != pool.ProtocolsHTTP1 || api.MaxConcurrentStreams == nil || *api.MaxConcurrentStreams != 64 ||
+			api.StrictMaxConcurrentStreams == nil || !*api.StrictMaxConcurrentStreams ||
+			api.H2ReadIdleTimeout == nil || *api.H2ReadIdleTimeout != 10*time.Second || api.H2PingTimeout == nil || *api.H2PingTimeout != 3*time.Second {
+			t.Errorf("engine runs %+v for api.example.com, want every HTTP/2 field as written", api)
+		}
+		if h2c.Protocols == nil || *h2c.Protocols != pool.ProtocolsH2C || h2c.H2ReadIdleTimeout == nil || *h2c.H2ReadIdleTimeout != 0 {
+			t.Errorf("engine runs %+v for h2c.example.com, want h2c with no PINGs", h2c)
+		}
+		if _, ok := engine["unspecified.example.com"]; ok {
+			t.Error("the engine runs a policy whose protocols named no choice")
 		}
 	})
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	pooldv1 "github.com/poold/poold/gen/poold/v1"
@@ -148,8 +149,9 @@ func effectiveCmd(ctx context.Context, o *options) *cobra.Command {
 
 // parseAssignments turns FIELD=VALUE arguments into a Policy and its mask.
 // Values are written as in JSON or as bare words: 30s, 8, true,
-// http://proxy:3128. protojson checks the names and the types, so a typo
-// is refused with the field it names.
+// http://proxy:3128, and an enum by its short name (protocols=h2) or its
+// full one (PROTOCOLS_H2). protojson checks the names and the types, so a
+// typo is refused with the field it names.
 func parseAssignments(name string, args []string) (*pooldv1.Policy, []string, error) {
 	doc := map[string]any{"name": name}
 	var paths []string
@@ -163,7 +165,9 @@ func parseAssignments(name string, args []string) (*pooldv1.Policy, []string, er
 			continue // named in the mask, unset: cleared
 		}
 		var v any = value
-		if n, err := strconv.ParseUint(value, 10, 32); err == nil {
+		if e := enumField(field); e != nil {
+			v = enumValueName(e, value)
+		} else if n, err := strconv.ParseUint(value, 10, 32); err == nil {
 			v = n
 		} else if b, err := strconv.ParseBool(value); err == nil {
 			v = b
@@ -198,6 +202,10 @@ func writePolicy(w io.Writer, p *pooldv1.Policy) {
 	_ = json.Unmarshal(b, &fields)
 	fmt.Fprintf(w, "name\t%s\n", p.GetName())
 	for _, f := range setFields(p) {
+		if e := enumField(f); e != nil {
+			fmt.Fprintf(w, "%s\t%s\n", f, enumShortName(e, p.ProtoReflect().Get(e).Enum()))
+			continue
+		}
 		v, _ := json.Marshal(fields[f])
 		fmt.Fprintf(w, "%s\t%s\n", f, strings.Trim(string(v), `"`))
 	}
@@ -223,4 +231,41 @@ func setFields(p *pooldv1.Policy) []string {
 		}
 	}
 	return out
+}
+
+// enumField is the Policy field at a top-level path when it is an enum,
+// else nil.
+func enumField(path string) protoreflect.FieldDescriptor {
+	fd := (*pooldv1.Policy)(nil).ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(path))
+	if fd == nil || fd.Enum() == nil {
+		return nil
+	}
+	return fd
+}
+
+// enumPrefix is what every value name of e starts with: its zero value's
+// name without UNSPECIFIED, as buf's lint rules have it ("PROTOCOLS_").
+func enumPrefix(e protoreflect.EnumDescriptor) string {
+	zero := string(e.Values().ByNumber(0).Name())
+	return strings.TrimSuffix(zero, "UNSPECIFIED")
+}
+
+// enumValueName turns a short name (h2, h2_preferred) into the value's
+// full name; a full name, or a word that is neither, is left for protojson
+// to accept or refuse.
+func enumValueName(fd protoreflect.FieldDescriptor, value string) string {
+	full := enumPrefix(fd.Enum()) + strings.ToUpper(value)
+	if fd.Enum().Values().ByName(protoreflect.Name(full)) != nil {
+		return full
+	}
+	return value
+}
+
+// enumShortName is the name set takes, for a table: h2_preferred.
+func enumShortName(fd protoreflect.FieldDescriptor, n protoreflect.EnumNumber) string {
+	v := fd.Enum().Values().ByNumber(n)
+	if v == nil {
+		return strconv.Itoa(int(n))
+	}
+	return strings.ToLower(strings.TrimPrefix(string(v.Name()), enumPrefix(fd.Enum())))
 }

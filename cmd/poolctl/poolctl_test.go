@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,8 +100,9 @@ func TestPoolctlAgainstARealDaemon(t *testing.T) {
 	if code != exitOK || json.Unmarshal([]byte(out), &hosts) != nil || hosts["hosts"] == nil {
 		t.Errorf("hosts -o json = %d %q; want JSON with hosts", code, out)
 	}
-	if code, out, _ = poolctl(t, env, "conns", upHost); code != exitOK || !strings.Contains(out, "idle") {
-		t.Errorf("conns = %d\n%s; want the idle connection", code, out)
+	if code, out, _ = poolctl(t, env, "conns", upHost); code != exitOK || !strings.Contains(out, "idle") ||
+		!strings.Contains(out, "PROTO") || !strings.Contains(out, "HTTP/1.1") {
+		t.Errorf("conns = %d\n%s; want the idle HTTP/1.1 connection", code, out)
 	}
 
 	// events follows WatchEvents; the policy change below is its event.
@@ -132,6 +135,13 @@ wait:
 			break wait
 		}
 	}
+	code, out, errOut = poolctl(t, env, "policy", "set", upHost, "protocols=http1", "max_concurrent_streams=50", "h2_ping_timeout=5s")
+	if code != exitOK || !regexp.MustCompile(`(?m)^protocols\s+http1$`).MatchString(out) || !strings.Contains(out, "max_concurrent_streams") {
+		t.Errorf("policy set of the HTTP/2 fields = %d\n%s%s; want protocols shown as http1", code, out, errOut)
+	}
+	if code, _, errOut = poolctl(t, env, "policy", "set", upHost, "protocols=unspecified"); code != exitUsage || !strings.Contains(errOut, "protocols") {
+		t.Errorf("policy set protocols=unspecified = %d %q; want the call refused naming protocols", code, errOut)
+	}
 	if code, out, _ = poolctl(t, env, "effective", upHost); code != exitOK || !strings.Contains(out, "45s") {
 		t.Errorf("effective = %d\n%s; want idle_conn_timeout 45s in force", code, out)
 	}
@@ -155,5 +165,70 @@ wait:
 		if code, _, errOut := poolctl(t, env, bad...); code != exitUsage {
 			t.Errorf("poolctl %q = %d (%s), want %d", bad, code, errOut, exitUsage)
 		}
+	}
+}
+
+func TestPolicySetTakesAnEnumByItsShortOrFullName(t *testing.T) {
+	tests := []struct {
+		arg  string
+		want pooldv1.Protocols
+	}{
+		{"protocols=h2", pooldv1.Protocols_PROTOCOLS_H2},
+		{"protocols=h2_preferred", pooldv1.Protocols_PROTOCOLS_H2_PREFERRED},
+		{"protocols=HTTP1", pooldv1.Protocols_PROTOCOLS_HTTP1},
+		{"protocols=PROTOCOLS_H2C", pooldv1.Protocols_PROTOCOLS_H2C},
+	}
+	for _, tt := range tests {
+		p, paths, err := parseAssignments("policies/default", []string{tt.arg})
+		if err != nil {
+			t.Errorf("%s: %v", tt.arg, err)
+			continue
+		}
+		if p.Protocols == nil || *p.Protocols != tt.want || len(paths) != 1 || paths[0] != "protocols" {
+			t.Errorf("%s = %v %v, want protocols %v", tt.arg, p.Protocols, paths, tt.want)
+		}
+	}
+	if _, _, err := parseAssignments("policies/default", []string{"protocols=spdy"}); err == nil || !strings.Contains(err.Error(), "spdy") {
+		t.Errorf("protocols=spdy = %v, want a usage error naming the value", err)
+	}
+}
+
+func TestPolicyTablesShowAnEnumByTheNameSetTakes(t *testing.T) {
+	h2 := pooldv1.Protocols_PROTOCOLS_H2_PREFERRED
+	var b strings.Builder
+	writePolicy(&b, &pooldv1.Policy{Name: "policies/default", Protocols: &h2})
+	if !strings.Contains(b.String(), "protocols\th2_preferred\n") {
+		t.Errorf("writePolicy = %q, want protocols h2_preferred", b.String())
+	}
+}
+
+func TestTheStreamsColumnShowsHTTP2LoadAgainstItsLimit(t *testing.T) {
+	tests := []struct {
+		name string
+		in   *pooldv1.Connection
+		want string
+	}{
+		{"HTTP/1.1 has no streams", &pooldv1.Connection{Protocol: "HTTP/1.1", ActiveStreams: 1}, "-"},
+		{"dialing has no protocol yet", &pooldv1.Connection{}, "-"},
+		{"HTTP/2 before the upstream's SETTINGS", &pooldv1.Connection{Protocol: "HTTP/2.0", ActiveStreams: 1}, "1/?"},
+		{"HTTP/2 under its limit", &pooldv1.Connection{Protocol: "HTTP/2.0", ActiveStreams: 7, MaxStreams: 100}, "7/100"},
+		{"HTTP/2 at its limit with waiters", &pooldv1.Connection{Protocol: "HTTP/2.0", ActiveStreams: 100, MaxStreams: 100, PendingStreams: 3}, "100/100+3"},
+	}
+	for _, tt := range tests {
+		if got := streams(tt.in); got != tt.want {
+			t.Errorf("%s: streams = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestEveryEventKindIsAcceptedByKind(t *testing.T) {
+	kinds := eventKinds()
+	for _, want := range []string{"dialed", "events_dropped", "goaway", "ping_failed", "refused_stream"} {
+		if !slices.Contains(kinds, want) {
+			t.Errorf("eventKinds() = %v, want %q among them", kinds, want)
+		}
+	}
+	if len(kinds) != len(pooldv1.EventKind_name)-1 {
+		t.Errorf("eventKinds() = %v, want every kind but UNSPECIFIED", kinds)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,15 +32,15 @@ func hostsCmd(ctx context.Context, o *options) *cobra.Command {
 					return err
 				}
 				return o.show(resp, func(w io.Writer) {
-					fmt.Fprintln(w, "KEY\tACTIVE\tIDLE\tDIALING\tPENDING\tREQUESTS\tREUSE\tERRORS")
+					fmt.Fprintln(w, "KEY\tACTIVE\tIDLE\tDIALING\tPENDING\tH2\tSTREAMS\tREQUESTS\tREUSE\tERRORS")
 					for _, h := range resp.GetHosts() {
 						n := h.GetCounters()
 						reuse := "-"
 						if n.GetRequests() > 0 {
 							reuse = fmt.Sprintf("%.0f%%", 100*float64(n.GetReused())/float64(n.GetRequests()))
 						}
-						fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%d\n", h.GetKey(), h.GetActive(), h.GetIdle(),
-							h.GetDialing(), h.GetPending(), n.GetRequests(), reuse, n.GetErrors())
+						fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%d\n", h.GetKey(), h.GetActive(), h.GetIdle(),
+							h.GetDialing(), h.GetPending(), h.GetH2Conns(), h.GetStreams(), n.GetRequests(), reuse, n.GetErrors())
 					}
 				})
 			})
@@ -80,15 +81,22 @@ func connsCmd(ctx context.Context, o *options) *cobra.Command {
 				}
 				now := time.Now()
 				return o.show(all, func(w io.Writer) {
-					fmt.Fprintln(w, "ID\tHOST\tSTATE\tREMOTE\tAGE\tIDLE FOR\tREQUESTS\tREAD\tWRITTEN")
+					fmt.Fprintln(w, "ID\tHOST\tSTATE\tPROTO\tREMOTE\tAGE\tIDLE FOR\tREQUESTS\tSTREAMS\tREAD\tWRITTEN")
 					for _, cn := range all.GetConnections() {
 						state := strings.ToLower(strings.TrimPrefix(cn.GetState().String(), "CONNECTION_STATE_"))
+						if cn.GetGoaway() {
+							state += " (goaway " + cn.GetGoawayErrorCode() + ")"
+						}
+						proto := cn.GetProtocol()
+						if proto == "" {
+							proto = "-"
+						}
 						idle := "-"
 						if cn.GetState() == pooldv1.ConnectionState_CONNECTION_STATE_IDLE && cn.GetLastUsedTime() != nil {
 							idle = ago(now.Sub(cn.GetLastUsedTime().AsTime()))
 						}
-						fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", cn.GetId(), cn.GetHost(), state, cn.GetRemoteAddress(),
-							ago(now.Sub(cn.GetCreatedTime().AsTime())), idle, cn.GetRequests(), cn.GetBytesRead(), cn.GetBytesWritten())
+						fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\n", cn.GetId(), cn.GetHost(), state, proto, cn.GetRemoteAddress(),
+							ago(now.Sub(cn.GetCreatedTime().AsTime())), idle, cn.GetRequests(), streams(cn), cn.GetBytesRead(), cn.GetBytesWritten())
 					}
 				})
 			})
@@ -130,7 +138,7 @@ func eventsCmd(ctx context.Context, o *options) *cobra.Command {
 			for _, k := range kinds {
 				v, ok := pooldv1.EventKind_value["EVENT_KIND_"+strings.ToUpper(k)]
 				if !ok || v == 0 {
-					return usageError{fmt.Errorf("--kind %q: not an event kind (dialed, dial_failed, reused, idle, closed, queued, queue_overflow, policy_changed, events_dropped)", k)}
+					return usageError{fmt.Errorf("--kind %q: not an event kind (%s)", k, strings.Join(eventKinds(), ", "))}
 				}
 				req.Kinds = append(req.Kinds, pooldv1.EventKind(v))
 			}
@@ -168,4 +176,35 @@ func eventsCmd(ctx context.Context, o *options) *cobra.Command {
 	cmd.Flags().StringSliceVar(&kinds, "kind", nil, "only events of these kinds (repeatable or comma-separated)")
 	cmd.Flags().IntVar(&count, "count", 0, "stop after this many events (0 = follow until interrupted)")
 	return cmd
+}
+
+// streams is a conn's STREAMS cell: for HTTP/2 the streams in flight
+// against the limit in force ("?" before the upstream's SETTINGS), and
+// "+N" requests waiting for one; "-" for HTTP/1.1, which has one request
+// at a time.
+func streams(cn *pooldv1.Connection) string {
+	if !strings.HasPrefix(cn.GetProtocol(), "HTTP/2") {
+		return "-"
+	}
+	limit := "?"
+	if cn.GetMaxStreams() > 0 {
+		limit = strconv.FormatUint(uint64(cn.GetMaxStreams()), 10)
+	}
+	out := fmt.Sprintf("%d/%s", cn.GetActiveStreams(), limit)
+	if n := cn.GetPendingStreams(); n > 0 {
+		out += fmt.Sprintf("+%d", n)
+	}
+	return out
+}
+
+// eventKinds names the kinds --kind takes, in the API's order.
+func eventKinds() []string {
+	values := pooldv1.EventKind(0).Descriptor().Values()
+	var out []string
+	for i := range values.Len() {
+		if n := values.Get(i).Number(); n != 0 {
+			out = append(out, strings.ToLower(strings.TrimPrefix(string(values.Get(i).Name()), "EVENT_KIND_")))
+		}
+	}
+	return out
 }

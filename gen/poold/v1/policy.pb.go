@@ -25,6 +25,71 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Protocols is the set of HTTP versions a host's new connections may speak.
+type Protocols int32
+
+const (
+	// Not a choice: refused with INVALID_ARGUMENT when set. Leave protocols
+	// unset to inherit it.
+	Protocols_PROTOCOLS_UNSPECIFIED Protocols = 0
+	// Offer h2 and http/1.1 by ALPN over TLS, the upstream choosing; plain
+	// TCP connections speak HTTP/1.1.
+	Protocols_PROTOCOLS_H2_PREFERRED Protocols = 1
+	// HTTP/1.1 only.
+	Protocols_PROTOCOLS_HTTP1 Protocols = 2
+	// HTTP/2 only: over TLS, an upstream whose ALPN does not pick h2 fails
+	// the dial; over plain TCP it is h2c with prior knowledge.
+	Protocols_PROTOCOLS_H2 Protocols = 3
+	// HTTP/2 with prior knowledge over plain TCP ("h2c"); over TLS it is
+	// PROTOCOLS_H2_PREFERRED.
+	Protocols_PROTOCOLS_H2C Protocols = 4
+)
+
+// Enum value maps for Protocols.
+var (
+	Protocols_name = map[int32]string{
+		0: "PROTOCOLS_UNSPECIFIED",
+		1: "PROTOCOLS_H2_PREFERRED",
+		2: "PROTOCOLS_HTTP1",
+		3: "PROTOCOLS_H2",
+		4: "PROTOCOLS_H2C",
+	}
+	Protocols_value = map[string]int32{
+		"PROTOCOLS_UNSPECIFIED":  0,
+		"PROTOCOLS_H2_PREFERRED": 1,
+		"PROTOCOLS_HTTP1":        2,
+		"PROTOCOLS_H2":           3,
+		"PROTOCOLS_H2C":          4,
+	}
+)
+
+func (x Protocols) Enum() *Protocols {
+	p := new(Protocols)
+	*p = x
+	return p
+}
+
+func (x Protocols) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocols) Descriptor() protoreflect.EnumDescriptor {
+	return file_poold_v1_policy_proto_enumTypes[0].Descriptor()
+}
+
+func (Protocols) Type() protoreflect.EnumType {
+	return &file_poold_v1_policy_proto_enumTypes[0]
+}
+
+func (x Protocols) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocols.Descriptor instead.
+func (Protocols) EnumDescriptor() ([]byte, []int) {
+	return file_poold_v1_policy_proto_rawDescGZIP(), []int{0}
+}
+
 // Policy is a set of timeouts, keep-alive settings and limits. The default
 // policy applies to every host; a host policy overrides it for the hosts it
 // names and inherits every field it leaves unset. Durations are written as
@@ -111,6 +176,26 @@ type Policy struct {
 	// default, since it adds headers the caller did not send. Built-in
 	// default false.
 	PropagateTraceContext *bool `protobuf:"varint,22,opt,name=propagate_trace_context,json=propagateTraceContext,proto3,oneof" json:"propagate_trace_context,omitempty"`
+	// HTTP versions that new connections may speak. A change applies to
+	// connections dialed after it; open ones finish their requests. Must not
+	// be PROTOCOLS_UNSPECIFIED when set. Built-in default
+	// PROTOCOLS_H2_PREFERRED.
+	Protocols *Protocols `protobuf:"varint,23,opt,name=protocols,proto3,enum=poold.v1.Protocols,oneof" json:"protocols,omitempty"`
+	// Streams one HTTP/2 connection carries at once, below the upstream's own
+	// SETTINGS_MAX_CONCURRENT_STREAMS. 0 means the upstream's limit alone.
+	// Built-in default 0.
+	MaxConcurrentStreams *uint32 `protobuf:"varint,24,opt,name=max_concurrent_streams,json=maxConcurrentStreams,proto3,oneof" json:"max_concurrent_streams,omitempty"`
+	// When true, a request that finds every HTTP/2 connection of its host at
+	// its stream limit waits in the host's queue (max_pending_requests) for a
+	// free stream instead of dialing another connection. Built-in default
+	// false.
+	StrictMaxConcurrentStreams *bool `protobuf:"varint,25,opt,name=strict_max_concurrent_streams,json=strictMaxConcurrentStreams,proto3,oneof" json:"strict_max_concurrent_streams,omitempty"`
+	// An HTTP/2 connection that has read nothing for this long is sent a PING.
+	// 0 sends none. Built-in default 30s.
+	H2ReadIdleTimeout *durationpb.Duration `protobuf:"bytes,26,opt,name=h2_read_idle_timeout,json=h2ReadIdleTimeout,proto3" json:"h2_read_idle_timeout,omitempty"`
+	// Time a PING, or any write, on an HTTP/2 connection may go unanswered
+	// before the connection is closed. Must be positive. Built-in default 15s.
+	H2PingTimeout *durationpb.Duration `protobuf:"bytes,27,opt,name=h2_ping_timeout,json=h2PingTimeout,proto3" json:"h2_ping_timeout,omitempty"`
 	// Version of this policy, changed by every update. Send it back in
 	// UpdatePolicy or DeletePolicy to fail with ABORTED if someone else
 	// changed the policy in between. Output only.
@@ -289,6 +374,41 @@ func (x *Policy) GetPropagateTraceContext() bool {
 		return *x.PropagateTraceContext
 	}
 	return false
+}
+
+func (x *Policy) GetProtocols() Protocols {
+	if x != nil && x.Protocols != nil {
+		return *x.Protocols
+	}
+	return Protocols_PROTOCOLS_UNSPECIFIED
+}
+
+func (x *Policy) GetMaxConcurrentStreams() uint32 {
+	if x != nil && x.MaxConcurrentStreams != nil {
+		return *x.MaxConcurrentStreams
+	}
+	return 0
+}
+
+func (x *Policy) GetStrictMaxConcurrentStreams() bool {
+	if x != nil && x.StrictMaxConcurrentStreams != nil {
+		return *x.StrictMaxConcurrentStreams
+	}
+	return false
+}
+
+func (x *Policy) GetH2ReadIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.H2ReadIdleTimeout
+	}
+	return nil
+}
+
+func (x *Policy) GetH2PingTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.H2PingTimeout
+	}
+	return nil
 }
 
 func (x *Policy) GetEtag() string {
@@ -684,7 +804,7 @@ var File_poold_v1_policy_proto protoreflect.FileDescriptor
 
 const file_poold_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\v\n" +
+	"\x15poold/v1/policy.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x0e\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\fdial_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vdialTimeout\x12M\n" +
@@ -707,7 +827,13 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\tproxy_url\x18\x11 \x01(\tH\aR\bproxyUrl\x88\x01\x01\x12)\n" +
 	"\x0emax_idle_conns\x18\x12 \x01(\rH\bR\fmaxIdleConns\x88\x01\x01\x12E\n" +
 	"\x11body_read_timeout\x18\x15 \x01(\v2\x19.google.protobuf.DurationR\x0fbodyReadTimeout\x12;\n" +
-	"\x17propagate_trace_context\x18\x16 \x01(\bH\tR\x15propagateTraceContext\x88\x01\x01\x12\x12\n" +
+	"\x17propagate_trace_context\x18\x16 \x01(\bH\tR\x15propagateTraceContext\x88\x01\x01\x126\n" +
+	"\tprotocols\x18\x17 \x01(\x0e2\x13.poold.v1.ProtocolsH\n" +
+	"R\tprotocols\x88\x01\x01\x129\n" +
+	"\x16max_concurrent_streams\x18\x18 \x01(\rH\vR\x14maxConcurrentStreams\x88\x01\x01\x12F\n" +
+	"\x1dstrict_max_concurrent_streams\x18\x19 \x01(\bH\fR\x1astrictMaxConcurrentStreams\x88\x01\x01\x12J\n" +
+	"\x14h2_read_idle_timeout\x18\x1a \x01(\v2\x19.google.protobuf.DurationR\x11h2ReadIdleTimeout\x12A\n" +
+	"\x0fh2_ping_timeout\x18\x1b \x01(\v2\x19.google.protobuf.DurationR\rh2PingTimeout\x12\x12\n" +
 	"\x04etag\x18\x13 \x01(\tR\x04etag\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTimeB\x18\n" +
@@ -721,7 +847,11 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\n" +
 	"_proxy_urlB\x11\n" +
 	"\x0f_max_idle_connsB\x1a\n" +
-	"\x18_propagate_trace_context\"\xc4\x01\n" +
+	"\x18_propagate_trace_contextB\f\n" +
+	"\n" +
+	"_protocolsB\x19\n" +
+	"\x17_max_concurrent_streamsB \n" +
+	"\x1e_strict_max_concurrent_streams\"\xc4\x01\n" +
 	"\fTcpKeepalive\x12\x1d\n" +
 	"\aenabled\x18\x01 \x01(\bH\x00R\aenabled\x88\x01\x01\x12-\n" +
 	"\x04idle\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04idle\x125\n" +
@@ -744,7 +874,13 @@ const file_poold_v1_policy_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"/\n" +
 	"\x19GetEffectivePolicyRequest\x12\x12\n" +
-	"\x04host\x18\x01 \x01(\tR\x04host2\xee\x02\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host*|\n" +
+	"\tProtocols\x12\x19\n" +
+	"\x15PROTOCOLS_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16PROTOCOLS_H2_PREFERRED\x10\x01\x12\x13\n" +
+	"\x0fPROTOCOLS_HTTP1\x10\x02\x12\x10\n" +
+	"\fPROTOCOLS_H2\x10\x03\x12\x11\n" +
+	"\rPROTOCOLS_H2C\x10\x042\xee\x02\n" +
 	"\rPolicyService\x129\n" +
 	"\tGetPolicy\x12\x1a.poold.v1.GetPolicyRequest\x1a\x10.poold.v1.Policy\x12M\n" +
 	"\fListPolicies\x12\x1d.poold.v1.ListPoliciesRequest\x1a\x1e.poold.v1.ListPoliciesResponse\x12?\n" +
@@ -765,52 +901,57 @@ func file_poold_v1_policy_proto_rawDescGZIP() []byte {
 	return file_poold_v1_policy_proto_rawDescData
 }
 
+var file_poold_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_poold_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_poold_v1_policy_proto_goTypes = []any{
-	(*Policy)(nil),                    // 0: poold.v1.Policy
-	(*TcpKeepalive)(nil),              // 1: poold.v1.TcpKeepalive
-	(*GetPolicyRequest)(nil),          // 2: poold.v1.GetPolicyRequest
-	(*ListPoliciesRequest)(nil),       // 3: poold.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 4: poold.v1.ListPoliciesResponse
-	(*UpdatePolicyRequest)(nil),       // 5: poold.v1.UpdatePolicyRequest
-	(*DeletePolicyRequest)(nil),       // 6: poold.v1.DeletePolicyRequest
-	(*GetEffectivePolicyRequest)(nil), // 7: poold.v1.GetEffectivePolicyRequest
-	(*durationpb.Duration)(nil),       // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 9: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 10: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),             // 11: google.protobuf.Empty
+	(Protocols)(0),                    // 0: poold.v1.Protocols
+	(*Policy)(nil),                    // 1: poold.v1.Policy
+	(*TcpKeepalive)(nil),              // 2: poold.v1.TcpKeepalive
+	(*GetPolicyRequest)(nil),          // 3: poold.v1.GetPolicyRequest
+	(*ListPoliciesRequest)(nil),       // 4: poold.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 5: poold.v1.ListPoliciesResponse
+	(*UpdatePolicyRequest)(nil),       // 6: poold.v1.UpdatePolicyRequest
+	(*DeletePolicyRequest)(nil),       // 7: poold.v1.DeletePolicyRequest
+	(*GetEffectivePolicyRequest)(nil), // 8: poold.v1.GetEffectivePolicyRequest
+	(*durationpb.Duration)(nil),       // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 11: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),             // 12: google.protobuf.Empty
 }
 var file_poold_v1_policy_proto_depIdxs = []int32{
-	8,  // 0: poold.v1.Policy.dial_timeout:type_name -> google.protobuf.Duration
-	8,  // 1: poold.v1.Policy.tls_handshake_timeout:type_name -> google.protobuf.Duration
-	1,  // 2: poold.v1.Policy.tcp_keepalive:type_name -> poold.v1.TcpKeepalive
-	8,  // 3: poold.v1.Policy.response_header_timeout:type_name -> google.protobuf.Duration
-	8,  // 4: poold.v1.Policy.request_timeout:type_name -> google.protobuf.Duration
-	8,  // 5: poold.v1.Policy.expect_continue_timeout:type_name -> google.protobuf.Duration
-	8,  // 6: poold.v1.Policy.idle_conn_timeout:type_name -> google.protobuf.Duration
-	8,  // 7: poold.v1.Policy.max_conn_lifetime:type_name -> google.protobuf.Duration
-	8,  // 8: poold.v1.Policy.body_read_timeout:type_name -> google.protobuf.Duration
-	9,  // 9: poold.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 10: poold.v1.TcpKeepalive.idle:type_name -> google.protobuf.Duration
-	8,  // 11: poold.v1.TcpKeepalive.interval:type_name -> google.protobuf.Duration
-	0,  // 12: poold.v1.ListPoliciesResponse.policies:type_name -> poold.v1.Policy
-	0,  // 13: poold.v1.UpdatePolicyRequest.policy:type_name -> poold.v1.Policy
-	10, // 14: poold.v1.UpdatePolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	2,  // 15: poold.v1.PolicyService.GetPolicy:input_type -> poold.v1.GetPolicyRequest
-	3,  // 16: poold.v1.PolicyService.ListPolicies:input_type -> poold.v1.ListPoliciesRequest
-	5,  // 17: poold.v1.PolicyService.UpdatePolicy:input_type -> poold.v1.UpdatePolicyRequest
-	6,  // 18: poold.v1.PolicyService.DeletePolicy:input_type -> poold.v1.DeletePolicyRequest
-	7,  // 19: poold.v1.PolicyService.GetEffectivePolicy:input_type -> poold.v1.GetEffectivePolicyRequest
-	0,  // 20: poold.v1.PolicyService.GetPolicy:output_type -> poold.v1.Policy
-	4,  // 21: poold.v1.PolicyService.ListPolicies:output_type -> poold.v1.ListPoliciesResponse
-	0,  // 22: poold.v1.PolicyService.UpdatePolicy:output_type -> poold.v1.Policy
-	11, // 23: poold.v1.PolicyService.DeletePolicy:output_type -> google.protobuf.Empty
-	0,  // 24: poold.v1.PolicyService.GetEffectivePolicy:output_type -> poold.v1.Policy
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	9,  // 0: poold.v1.Policy.dial_timeout:type_name -> google.protobuf.Duration
+	9,  // 1: poold.v1.Policy.tls_handshake_timeout:type_name -> google.protobuf.Duration
+	2,  // 2: poold.v1.Policy.tcp_keepalive:type_name -> poold.v1.TcpKeepalive
+	9,  // 3: poold.v1.Policy.response_header_timeout:type_name -> google.protobuf.Duration
+	9,  // 4: poold.v1.Policy.request_timeout:type_name -> google.protobuf.Duration
+	9,  // 5: poold.v1.Policy.expect_continue_timeout:type_name -> google.protobuf.Duration
+	9,  // 6: poold.v1.Policy.idle_conn_timeout:type_name -> google.protobuf.Duration
+	9,  // 7: poold.v1.Policy.max_conn_lifetime:type_name -> google.protobuf.Duration
+	9,  // 8: poold.v1.Policy.body_read_timeout:type_name -> google.protobuf.Duration
+	0,  // 9: poold.v1.Policy.protocols:type_name -> poold.v1.Protocols
+	9,  // 10: poold.v1.Policy.h2_read_idle_timeout:type_name -> google.protobuf.Duration
+	9,  // 11: poold.v1.Policy.h2_ping_timeout:type_name -> google.protobuf.Duration
+	10, // 12: poold.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
+	9,  // 13: poold.v1.TcpKeepalive.idle:type_name -> google.protobuf.Duration
+	9,  // 14: poold.v1.TcpKeepalive.interval:type_name -> google.protobuf.Duration
+	1,  // 15: poold.v1.ListPoliciesResponse.policies:type_name -> poold.v1.Policy
+	1,  // 16: poold.v1.UpdatePolicyRequest.policy:type_name -> poold.v1.Policy
+	11, // 17: poold.v1.UpdatePolicyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	3,  // 18: poold.v1.PolicyService.GetPolicy:input_type -> poold.v1.GetPolicyRequest
+	4,  // 19: poold.v1.PolicyService.ListPolicies:input_type -> poold.v1.ListPoliciesRequest
+	6,  // 20: poold.v1.PolicyService.UpdatePolicy:input_type -> poold.v1.UpdatePolicyRequest
+	7,  // 21: poold.v1.PolicyService.DeletePolicy:input_type -> poold.v1.DeletePolicyRequest
+	8,  // 22: poold.v1.PolicyService.GetEffectivePolicy:input_type -> poold.v1.GetEffectivePolicyRequest
+	1,  // 23: poold.v1.PolicyService.GetPolicy:output_type -> poold.v1.Policy
+	5,  // 24: poold.v1.PolicyService.ListPolicies:output_type -> poold.v1.ListPoliciesResponse
+	1,  // 25: poold.v1.PolicyService.UpdatePolicy:output_type -> poold.v1.Policy
+	12, // 26: poold.v1.PolicyService.DeletePolicy:output_type -> google.protobuf.Empty
+	1,  // 27: poold.v1.PolicyService.GetEffectivePolicy:output_type -> poold.v1.Policy
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_poold_v1_policy_proto_init() }
@@ -825,13 +966,14 @@ func file_poold_v1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_poold_v1_policy_proto_rawDesc), len(file_poold_v1_policy_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_poold_v1_policy_proto_goTypes,
 		DependencyIndexes: file_poold_v1_policy_proto_depIdxs,
+		EnumInfos:         file_poold_v1_policy_proto_enumTypes,
 		MessageInfos:      file_poold_v1_policy_proto_msgTypes,
 	}.Build()
 	File_poold_v1_policy_proto = out.File

@@ -9,6 +9,7 @@ package pooldv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -108,21 +109,33 @@ const (
 	EventKind_EVENT_KIND_POLICY_CHANGED EventKind = 8
 	// This watcher read too slowly and lost events; detail says how many.
 	EventKind_EVENT_KIND_EVENTS_DROPPED EventKind = 9
+	// An HTTP/2 connection received GOAWAY; detail has its error code. It
+	// takes no new request and closes once its streams end.
+	EventKind_EVENT_KIND_GOAWAY EventKind = 10
+	// An HTTP/2 PING went unanswered for h2_ping_timeout; the connection is
+	// closed.
+	EventKind_EVENT_KIND_PING_FAILED EventKind = 11
+	// The upstream refused a stream unprocessed; the request is retried if
+	// poold's retry rules allow.
+	EventKind_EVENT_KIND_REFUSED_STREAM EventKind = 12
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_DIALED",
-		2: "EVENT_KIND_DIAL_FAILED",
-		3: "EVENT_KIND_REUSED",
-		4: "EVENT_KIND_IDLE",
-		5: "EVENT_KIND_CLOSED",
-		6: "EVENT_KIND_QUEUED",
-		7: "EVENT_KIND_QUEUE_OVERFLOW",
-		8: "EVENT_KIND_POLICY_CHANGED",
-		9: "EVENT_KIND_EVENTS_DROPPED",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_DIALED",
+		2:  "EVENT_KIND_DIAL_FAILED",
+		3:  "EVENT_KIND_REUSED",
+		4:  "EVENT_KIND_IDLE",
+		5:  "EVENT_KIND_CLOSED",
+		6:  "EVENT_KIND_QUEUED",
+		7:  "EVENT_KIND_QUEUE_OVERFLOW",
+		8:  "EVENT_KIND_POLICY_CHANGED",
+		9:  "EVENT_KIND_EVENTS_DROPPED",
+		10: "EVENT_KIND_GOAWAY",
+		11: "EVENT_KIND_PING_FAILED",
+		12: "EVENT_KIND_REFUSED_STREAM",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":    0,
@@ -135,6 +148,9 @@ var (
 		"EVENT_KIND_QUEUE_OVERFLOW": 7,
 		"EVENT_KIND_POLICY_CHANGED": 8,
 		"EVENT_KIND_EVENTS_DROPPED": 9,
+		"EVENT_KIND_GOAWAY":         10,
+		"EVENT_KIND_PING_FAILED":    11,
+		"EVENT_KIND_REFUSED_STREAM": 12,
 	}
 )
 
@@ -343,7 +359,11 @@ type Host struct {
 	Counters *HostCounters `protobuf:"bytes,6,opt,name=counters,proto3" json:"counters,omitempty"`
 	// Name of the most specific policy applied to this host, for example
 	// "policies/*.example.com" or "policies/default".
-	Policy        string `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy string `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	// HTTP/2 connections among active and idle.
+	H2Conns uint32 `protobuf:"varint,8,opt,name=h2_conns,json=h2Conns,proto3" json:"h2_conns,omitempty"`
+	// Requests in flight on the HTTP/2 connections, one stream each.
+	Streams       uint32 `protobuf:"varint,9,opt,name=streams,proto3" json:"streams,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +447,20 @@ func (x *Host) GetPolicy() string {
 	return ""
 }
 
+func (x *Host) GetH2Conns() uint32 {
+	if x != nil {
+		return x.H2Conns
+	}
+	return 0
+}
+
+func (x *Host) GetStreams() uint32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
 // HostCounters are totals since a host pool was created. They only grow.
 type HostCounters struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -448,13 +482,27 @@ type HostCounters struct {
 	Errors uint64 `protobuf:"varint,8,opt,name=errors,proto3" json:"errors,omitempty"`
 	// Connections closed, by reason: idle_timeout, max_lifetime, max_requests,
 	// idle_limit, server_closed, unusable, error, canceled, drain, policy,
-	// shutdown.
+	// shutdown, egress_denied, and for HTTP/2 goaway (the upstream sent
+	// GOAWAY and the connection's streams ended), ping_timeout (a PING or a
+	// write went unanswered for h2_ping_timeout) and protocol_error (the
+	// upstream broke the HTTP/2 protocol).
 	Closed map[string]uint64 `protobuf:"bytes,9,rep,name=closed,proto3" json:"closed,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Timeouts by phase: dial, tls, proxy, write, response_header, body,
 	// request, queue.
 	TimeoutsByPhase map[string]uint64 `protobuf:"bytes,10,rep,name=timeouts_by_phase,json=timeoutsByPhase,proto3" json:"timeouts_by_phase,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Requests sent as HTTP/2 streams.
+	Streams uint64 `protobuf:"varint,11,opt,name=streams,proto3" json:"streams,omitempty"`
+	// GOAWAY frames received from the upstream.
+	Goaways uint64 `protobuf:"varint,12,opt,name=goaways,proto3" json:"goaways,omitempty"`
+	// Streams the upstream refused unprocessed: reset with REFUSED_STREAM,
+	// or above the last stream id of its GOAWAY. Such a request is retried
+	// when poold's retry rules allow.
+	RefusedStreams uint64 `protobuf:"varint,13,opt,name=refused_streams,json=refusedStreams,proto3" json:"refused_streams,omitempty"`
+	// HTTP/2 PINGs left unanswered for h2_ping_timeout; each closed its
+	// connection.
+	PingFailures  uint64 `protobuf:"varint,14,opt,name=ping_failures,json=pingFailures,proto3" json:"ping_failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostCounters) Reset() {
@@ -555,6 +603,34 @@ func (x *HostCounters) GetTimeoutsByPhase() map[string]uint64 {
 		return x.TimeoutsByPhase
 	}
 	return nil
+}
+
+func (x *HostCounters) GetStreams() uint64 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+func (x *HostCounters) GetGoaways() uint64 {
+	if x != nil {
+		return x.Goaways
+	}
+	return 0
+}
+
+func (x *HostCounters) GetRefusedStreams() uint64 {
+	if x != nil {
+		return x.RefusedStreams
+	}
+	return 0
+}
+
+func (x *HostCounters) GetPingFailures() uint64 {
+	if x != nil {
+		return x.PingFailures
+	}
+	return 0
 }
 
 // ListConnectionsRequest asks for a page of connections.
@@ -723,8 +799,24 @@ type Connection struct {
 	BytesWritten uint64 `protobuf:"varint,14,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
 	// Requests in flight on it: 0 or 1 for HTTP/1.1.
 	ActiveStreams uint32 `protobuf:"varint,15,opt,name=active_streams,json=activeStreams,proto3" json:"active_streams,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// HTTP/2: requests waiting for a stream on this connection.
+	PendingStreams uint32 `protobuf:"varint,16,opt,name=pending_streams,json=pendingStreams,proto3" json:"pending_streams,omitempty"`
+	// HTTP/2: the upstream's SETTINGS_MAX_CONCURRENT_STREAMS; 0 before its
+	// SETTINGS arrive.
+	PeerMaxStreams uint32 `protobuf:"varint,17,opt,name=peer_max_streams,json=peerMaxStreams,proto3" json:"peer_max_streams,omitempty"`
+	// HTTP/2: the stream limit in force, the lower of peer_max_streams and the
+	// policy's max_concurrent_streams.
+	MaxStreams uint32 `protobuf:"varint,18,opt,name=max_streams,json=maxStreams,proto3" json:"max_streams,omitempty"`
+	// HTTP/2: round trip of the last PING answered; unset when none was.
+	LastPingRtt *durationpb.Duration `protobuf:"bytes,19,opt,name=last_ping_rtt,json=lastPingRtt,proto3" json:"last_ping_rtt,omitempty"`
+	// HTTP/2: the upstream sent GOAWAY. The connection takes no new request
+	// and closes once its streams end.
+	Goaway bool `protobuf:"varint,20,opt,name=goaway,proto3" json:"goaway,omitempty"`
+	// HTTP/2: the error code of the GOAWAY as RFC 9113 section 7 names it,
+	// for example "NO_ERROR" or "ENHANCE_YOUR_CALM"; empty without a GOAWAY.
+	GoawayErrorCode string `protobuf:"bytes,21,opt,name=goaway_error_code,json=goawayErrorCode,proto3" json:"goaway_error_code,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Connection) Reset() {
@@ -860,6 +952,48 @@ func (x *Connection) GetActiveStreams() uint32 {
 		return x.ActiveStreams
 	}
 	return 0
+}
+
+func (x *Connection) GetPendingStreams() uint32 {
+	if x != nil {
+		return x.PendingStreams
+	}
+	return 0
+}
+
+func (x *Connection) GetPeerMaxStreams() uint32 {
+	if x != nil {
+		return x.PeerMaxStreams
+	}
+	return 0
+}
+
+func (x *Connection) GetMaxStreams() uint32 {
+	if x != nil {
+		return x.MaxStreams
+	}
+	return 0
+}
+
+func (x *Connection) GetLastPingRtt() *durationpb.Duration {
+	if x != nil {
+		return x.LastPingRtt
+	}
+	return nil
+}
+
+func (x *Connection) GetGoaway() bool {
+	if x != nil {
+		return x.Goaway
+	}
+	return false
+}
+
+func (x *Connection) GetGoawayErrorCode() string {
+	if x != nil {
+		return x.GoawayErrorCode
+	}
+	return ""
 }
 
 // WatchEventsRequest chooses which events to stream.
@@ -1206,7 +1340,7 @@ var File_poold_v1_pool_proto protoreflect.FileDescriptor
 
 const file_poold_v1_pool_proto_rawDesc = "" +
 	"\n" +
-	"\x13poold/v1/pool.proto\x12\bpoold.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n" +
+	"\x13poold/v1/pool.proto\x12\bpoold.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n" +
 	"\x10ListHostsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -1215,7 +1349,7 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\x05hosts\x18\x01 \x03(\v2\x0e.poold.v1.HostR\x05hosts\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
 	"\x0eGetHostRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"\xc4\x01\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\"\xf9\x01\n" +
 	"\x04Host\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\rR\x06active\x12\x12\n" +
@@ -1223,7 +1357,9 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\adialing\x18\x04 \x01(\rR\adialing\x12\x18\n" +
 	"\apending\x18\x05 \x01(\rR\apending\x122\n" +
 	"\bcounters\x18\x06 \x01(\v2\x16.poold.v1.HostCountersR\bcounters\x12\x16\n" +
-	"\x06policy\x18\a \x01(\tR\x06policy\"\x84\x04\n" +
+	"\x06policy\x18\a \x01(\tR\x06policy\x12\x19\n" +
+	"\bh2_conns\x18\b \x01(\rR\ah2Conns\x12\x18\n" +
+	"\astreams\x18\t \x01(\rR\astreams\"\x86\x05\n" +
 	"\fHostCounters\x12\x1a\n" +
 	"\brequests\x18\x01 \x01(\x04R\brequests\x12\x14\n" +
 	"\x05dials\x18\x02 \x01(\x04R\x05dials\x12\x1f\n" +
@@ -1236,7 +1372,11 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\x06errors\x18\b \x01(\x04R\x06errors\x12:\n" +
 	"\x06closed\x18\t \x03(\v2\".poold.v1.HostCounters.ClosedEntryR\x06closed\x12W\n" +
 	"\x11timeouts_by_phase\x18\n" +
-	" \x03(\v2+.poold.v1.HostCounters.TimeoutsByPhaseEntryR\x0ftimeoutsByPhase\x1a9\n" +
+	" \x03(\v2+.poold.v1.HostCounters.TimeoutsByPhaseEntryR\x0ftimeoutsByPhase\x12\x18\n" +
+	"\astreams\x18\v \x01(\x04R\astreams\x12\x18\n" +
+	"\agoaways\x18\f \x01(\x04R\agoaways\x12'\n" +
+	"\x0frefused_streams\x18\r \x01(\x04R\x0erefusedStreams\x12#\n" +
+	"\rping_failures\x18\x0e \x01(\x04R\fpingFailures\x1a9\n" +
 	"\vClosedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aB\n" +
@@ -1251,7 +1391,7 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"y\n" +
 	"\x17ListConnectionsResponse\x126\n" +
 	"\vconnections\x18\x01 \x03(\v2\x14.poold.v1.ConnectionR\vconnections\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb0\x04\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa7\x06\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
@@ -1271,7 +1411,14 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\n" +
 	"bytes_read\x18\r \x01(\x04R\tbytesRead\x12#\n" +
 	"\rbytes_written\x18\x0e \x01(\x04R\fbytesWritten\x12%\n" +
-	"\x0eactive_streams\x18\x0f \x01(\rR\ractiveStreams\"S\n" +
+	"\x0eactive_streams\x18\x0f \x01(\rR\ractiveStreams\x12'\n" +
+	"\x0fpending_streams\x18\x10 \x01(\rR\x0ependingStreams\x12(\n" +
+	"\x10peer_max_streams\x18\x11 \x01(\rR\x0epeerMaxStreams\x12\x1f\n" +
+	"\vmax_streams\x18\x12 \x01(\rR\n" +
+	"maxStreams\x12=\n" +
+	"\rlast_ping_rtt\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\vlastPingRtt\x12\x16\n" +
+	"\x06goaway\x18\x14 \x01(\bR\x06goaway\x12*\n" +
+	"\x11goaway_error_code\x18\x15 \x01(\tR\x0fgoawayErrorCode\"S\n" +
 	"\x12WatchEventsRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12)\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x13.poold.v1.EventKindR\x05kinds\"\xc9\x01\n" +
@@ -1297,7 +1444,7 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\x18CONNECTION_STATE_DIALING\x10\x01\x12\x1b\n" +
 	"\x17CONNECTION_STATE_ACTIVE\x10\x02\x12\x19\n" +
 	"\x15CONNECTION_STATE_IDLE\x10\x03\x12\x1c\n" +
-	"\x18CONNECTION_STATE_CLOSING\x10\x04*\x91\x02\n" +
+	"\x18CONNECTION_STATE_CLOSING\x10\x04*\xe3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11EVENT_KIND_DIALED\x10\x01\x12\x1a\n" +
@@ -1308,7 +1455,11 @@ const file_poold_v1_pool_proto_rawDesc = "" +
 	"\x11EVENT_KIND_QUEUED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_QUEUE_OVERFLOW\x10\a\x12\x1d\n" +
 	"\x19EVENT_KIND_POLICY_CHANGED\x10\b\x12\x1d\n" +
-	"\x19EVENT_KIND_EVENTS_DROPPED\x10\t2\xe2\x03\n" +
+	"\x19EVENT_KIND_EVENTS_DROPPED\x10\t\x12\x15\n" +
+	"\x11EVENT_KIND_GOAWAY\x10\n" +
+	"\x12\x1a\n" +
+	"\x16EVENT_KIND_PING_FAILED\x10\v\x12\x1d\n" +
+	"\x19EVENT_KIND_REFUSED_STREAM\x10\f2\xe2\x03\n" +
 	"\vPoolService\x12D\n" +
 	"\tListHosts\x12\x1a.poold.v1.ListHostsRequest\x1a\x1b.poold.v1.ListHostsResponse\x123\n" +
 	"\aGetHost\x12\x18.poold.v1.GetHostRequest\x1a\x0e.poold.v1.Host\x12V\n" +
@@ -1352,6 +1503,7 @@ var file_poold_v1_pool_proto_goTypes = []any{
 	nil,                                  // 16: poold.v1.HostCounters.ClosedEntry
 	nil,                                  // 17: poold.v1.HostCounters.TimeoutsByPhaseEntry
 	(*timestamppb.Timestamp)(nil),        // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 19: google.protobuf.Duration
 }
 var file_poold_v1_pool_proto_depIdxs = []int32{
 	5,  // 0: poold.v1.ListHostsResponse.hosts:type_name -> poold.v1.Host
@@ -1363,26 +1515,27 @@ var file_poold_v1_pool_proto_depIdxs = []int32{
 	0,  // 6: poold.v1.Connection.state:type_name -> poold.v1.ConnectionState
 	18, // 7: poold.v1.Connection.created_time:type_name -> google.protobuf.Timestamp
 	18, // 8: poold.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: poold.v1.WatchEventsRequest.kinds:type_name -> poold.v1.EventKind
-	18, // 10: poold.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 11: poold.v1.Event.kind:type_name -> poold.v1.EventKind
-	2,  // 12: poold.v1.PoolService.ListHosts:input_type -> poold.v1.ListHostsRequest
-	4,  // 13: poold.v1.PoolService.GetHost:input_type -> poold.v1.GetHostRequest
-	7,  // 14: poold.v1.PoolService.ListConnections:input_type -> poold.v1.ListConnectionsRequest
-	10, // 15: poold.v1.PoolService.WatchEvents:input_type -> poold.v1.WatchEventsRequest
-	12, // 16: poold.v1.PoolService.CloseIdleConnections:input_type -> poold.v1.CloseIdleConnectionsRequest
-	14, // 17: poold.v1.PoolService.DrainConnections:input_type -> poold.v1.DrainConnectionsRequest
-	3,  // 18: poold.v1.PoolService.ListHosts:output_type -> poold.v1.ListHostsResponse
-	5,  // 19: poold.v1.PoolService.GetHost:output_type -> poold.v1.Host
-	8,  // 20: poold.v1.PoolService.ListConnections:output_type -> poold.v1.ListConnectionsResponse
-	11, // 21: poold.v1.PoolService.WatchEvents:output_type -> poold.v1.Event
-	13, // 22: poold.v1.PoolService.CloseIdleConnections:output_type -> poold.v1.CloseIdleConnectionsResponse
-	15, // 23: poold.v1.PoolService.DrainConnections:output_type -> poold.v1.DrainConnectionsResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	19, // 9: poold.v1.Connection.last_ping_rtt:type_name -> google.protobuf.Duration
+	1,  // 10: poold.v1.WatchEventsRequest.kinds:type_name -> poold.v1.EventKind
+	18, // 11: poold.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 12: poold.v1.Event.kind:type_name -> poold.v1.EventKind
+	2,  // 13: poold.v1.PoolService.ListHosts:input_type -> poold.v1.ListHostsRequest
+	4,  // 14: poold.v1.PoolService.GetHost:input_type -> poold.v1.GetHostRequest
+	7,  // 15: poold.v1.PoolService.ListConnections:input_type -> poold.v1.ListConnectionsRequest
+	10, // 16: poold.v1.PoolService.WatchEvents:input_type -> poold.v1.WatchEventsRequest
+	12, // 17: poold.v1.PoolService.CloseIdleConnections:input_type -> poold.v1.CloseIdleConnectionsRequest
+	14, // 18: poold.v1.PoolService.DrainConnections:input_type -> poold.v1.DrainConnectionsRequest
+	3,  // 19: poold.v1.PoolService.ListHosts:output_type -> poold.v1.ListHostsResponse
+	5,  // 20: poold.v1.PoolService.GetHost:output_type -> poold.v1.Host
+	8,  // 21: poold.v1.PoolService.ListConnections:output_type -> poold.v1.ListConnectionsResponse
+	11, // 22: poold.v1.PoolService.WatchEvents:output_type -> poold.v1.Event
+	13, // 23: poold.v1.PoolService.CloseIdleConnections:output_type -> poold.v1.CloseIdleConnectionsResponse
+	15, // 24: poold.v1.PoolService.DrainConnections:output_type -> poold.v1.DrainConnectionsResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_poold_v1_pool_proto_init() }
