@@ -20,6 +20,12 @@ import (
 // in CI, where scripts/deps.sh installs it and its absence is a failure.
 func startNginx(t *testing.T, directives string) string {
 	t.Helper()
+	return startNginxServer(t, nginxBinary(t), t.TempDir(), directives, nginxServer{})
+}
+
+// nginxBinary finds nginx, or skips or fails the test as startNginx says.
+func nginxBinary(t *testing.T) string {
+	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, statErr := os.Stat("/usr/sbin/nginx"); statErr == nil {
@@ -30,6 +36,20 @@ func startNginx(t *testing.T, directives string) string {
 			t.Skip("nginx not installed; run scripts/deps.sh")
 		}
 	}
+	return bin
+}
+
+// nginxServer is what a server block adds to the plain HTTP one.
+type nginxServer struct {
+	listen     string // parameters after the listen address, e.g. "ssl"
+	directives string // more directives inside the server block
+}
+
+// startNginxServer runs nginx from bin with its files in dir, the given
+// http-block directives and one server as srv describes, and returns the
+// address it listens on once it accepts connections.
+func startNginxServer(t *testing.T, bin, dir, directives string, srv nginxServer) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +57,6 @@ func startNginx(t *testing.T, directives string) string {
 	addr := ln.Addr().String()
 	ln.Close()
 
-	dir := t.TempDir()
 	conf := fmt.Sprintf(`
 daemon off;
 master_process off;
@@ -54,11 +73,12 @@ http {
   scgi_temp_path %[1]s/scgi;
   %[2]s
   server {
-    listen %[3]s;
+    listen %[3]s %[4]s;
+    %[5]s
     location / { return 200 "ok\n"; }
   }
 }
-`, dir, directives, addr)
+`, dir, directives, addr, srv.listen, srv.directives)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The end-to-end benchmark: poold (unary and Pipeline), two minimal gRPC
-# hops and nginx, each in front of one local upstream, measured by the CPU
-# time each spends per request. Installs nginx if it is missing, builds
+# hops and nginx, each in front of one local upstream, and poold and the
+# net/http hop again in front of an upstream serving HTTP/2 over TLS
+# (poold-h2, hop-nethttp-h2), measured by the CPU time each spends per
+# request. Installs nginx if it is missing, builds
 # everything into a temporary directory, and passes its arguments on to
 # bench/cmd/bench-e2e (try --help; --short for a quick run).
 # Usage: scripts/bench-e2e.sh [--short] [--reps=3] [--duration=3s] [--variant name=flags] ...

@@ -1,7 +1,10 @@
 // Command bench-e2e measures what a request costs the process that relays
 // it: poold over unary Do and over a Pipeline stream, two minimal gRPC hops
 // (net/http and fasthttp) and nginx as a keep-alive reverse proxy, all in
-// front of one upstream in a process of its own, all on loopback.
+// front of one upstream in a process of its own, all on loopback. Two more
+// targets, poold and the net/http hop, fetch from a second upstream that
+// serves HTTP/2 over TLS, which counts the requests it gets by protocol so
+// that a run fails unless all of theirs came over HTTP/2.
 //
 // For each target and body size it runs closed-loop callers for a fixed
 // time and reports the CPU time (utime+stime from /proc/PID/stat) the
@@ -143,6 +146,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("--upstream is required")
 	case slices.Contains(cfg.targets, targetHopNetHTTP) && cfg.hopNetHTTPBin == "":
 		return nil, errors.New("--hop-nethttp is required for target " + targetHopNetHTTP)
+	case slices.Contains(cfg.targets, targetHopNetHTTPH2) && cfg.hopNetHTTPBin == "":
+		return nil, errors.New("--hop-nethttp is required for target " + targetHopNetHTTPH2)
 	case slices.Contains(cfg.targets, targetHopFastHTTP) && cfg.hopFastHTTPBin == "":
 		return nil, errors.New("--hop-fasthttp is required for target " + targetHopFastHTTP)
 	case len(cfg.targets)+len(cfg.variants) == 0:
@@ -181,7 +186,17 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("upstream did not start: %w", err)
 	}
-	targets, errs := startTargets(ctx, cs, cfg, upstream)
+	// The HTTP/2 upstream runs only for the targets that use it; if it
+	// fails, they fail to start and the others are still measured.
+	var tlsUp *tlsUpstream
+	var errs []error
+	if slices.ContainsFunc(cfg.targets, usesTLSUpstream) {
+		if tlsUp, err = startTLSUpstream(ctx, cs, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("HTTP/2 upstream did not start: %w", err))
+		}
+	}
+	targets, targetErrs := startTargets(ctx, cs, cfg, upstream, tlsUp)
+	errs = append(errs, targetErrs...)
 	if len(targets) == 0 {
 		return errors.Join(append(errs, errors.New("no target started"))...)
 	}

@@ -44,6 +44,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--upstream=/u", "--targets=nginx"}, "--poold"},
 		{[]string{"--poold=/p", "--targets=nginx"}, "--upstream"},
 		{[]string{"--poold=/p", "--upstream=/u", "--targets=hop-fasthttp"}, "--hop-fasthttp"},
+		{[]string{"--poold=/p", "--upstream=/u", "--targets=hop-nethttp-h2"}, "--hop-nethttp"},
 		{append(base, "--targets=squid"), "squid"},
 		{append(base, "--sizes=10k"), "--sizes"},
 		{append(base, "--reps=0"), "--reps"},
@@ -80,5 +81,29 @@ func TestRatioPairsRepetitions(t *testing.T) {
 	}
 	if _, _, _, ok := ratio(r, "a", "c", 100); ok {
 		t.Error("a ratio against a target that was not measured")
+	}
+}
+
+func TestAMeasurementNotAllOverHTTP2IsAProblem(t *testing.T) {
+	counted := &target{name: "poold-h2", protoCounts: func() (protoCounts, error) { return protoCounts{}, nil }}
+	for _, tc := range []struct {
+		name string
+		t    *target
+		c    cell
+		want bool // a problem
+	}{
+		{"all over HTTP/2", counted, cell{ok: 10, seen: protoCounts{HTTP2: 10}}, false},
+		{"a retry adds a stream", counted, cell{ok: 10, seen: protoCounts{HTTP2: 11}}, false},
+		{"one over HTTP/1.1", counted, cell{ok: 10, seen: protoCounts{HTTP2: 9, Older: 1}}, true},
+		{"fewer counted than answered", counted, cell{ok: 10, seen: protoCounts{HTTP2: 9}}, true},
+		{"a target whose upstream counts nothing", &target{name: "poold"}, cell{ok: 10}, false},
+	} {
+		if err := tc.c.protocolProblem(tc.t); (err != nil) != tc.want {
+			t.Errorf("%s: protocolProblem = %v, want a problem: %v", tc.name, err, tc.want)
+		}
+		r := results{{tc.t.name, 100}: &tc.c}
+		if errs := r.problems([]*target{tc.t}, []int{100}); (len(errs) > 0) != tc.want {
+			t.Errorf("%s: problems = %v, want some: %v", tc.name, errs, tc.want)
+		}
 	}
 }

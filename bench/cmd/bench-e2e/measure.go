@@ -24,6 +24,9 @@ type cell struct {
 	hist     histogram // latencies of every successful request
 	ok, errs uint64
 	firstErr string
+	// seen is what the upstream counted in the measured windows, for a
+	// target whose upstream counts requests by protocol.
+	seen protoCounts
 }
 
 // results maps each target and size to what was measured.
@@ -34,6 +37,7 @@ type sample struct {
 	ok, errs uint64
 	hist     histogram
 	firstErr error
+	seen     protoCounts // the upstream's counts over the window, if it keeps them
 }
 
 // measureAll runs every repetition: rep by rep, size by size, every target
@@ -60,6 +64,8 @@ func measureAll(ctx context.Context, cfg *config, targets []*target, log io.Writ
 				c.hist.merge(&s.hist)
 				c.ok += s.ok
 				c.errs += s.errs
+				c.seen.HTTP2 += s.seen.HTTP2
+				c.seen.Older += s.seen.Older
 				if c.firstErr == "" && s.firstErr != nil {
 					c.firstErr = s.firstErr.Error()
 				}
@@ -86,6 +92,12 @@ func measureOne(ctx context.Context, cfg *config, meter cpuMeter, t *target, siz
 	if err != nil {
 		return 0, 0, nil, err
 	}
+	var seenBefore protoCounts
+	if t.protoCounts != nil {
+		if seenBefore, err = t.protoCounts(); err != nil {
+			return 0, 0, nil, fmt.Errorf("upstream counters: %w", err)
+		}
+	}
 	before, err := meter.cpu(pids)
 	if err != nil {
 		return 0, 0, nil, err
@@ -96,6 +108,15 @@ func measureOne(ctx context.Context, cfg *config, meter cpuMeter, t *target, siz
 	after, err := meter.cpu(pids)
 	if err != nil {
 		return 0, 0, nil, err
+	}
+	// Read after the CPU, so that the upstream's answer costs the target
+	// nothing; every request of the window has finished by now.
+	if t.protoCounts != nil {
+		seenAfter, err := t.protoCounts()
+		if err != nil {
+			return 0, 0, nil, fmt.Errorf("upstream counters: %w", err)
+		}
+		s.seen = protoCounts{HTTP2: seenAfter.HTTP2 - seenBefore.HTTP2, Older: seenAfter.Older - seenBefore.Older}
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, 0, nil, err
@@ -168,10 +189,27 @@ func (r results) problems(targets []*target, sizes []int) []error {
 			if total := c.ok + c.errs; c.errs > 0 && float64(c.errs) > maxErrorRate*float64(total) {
 				errs = append(errs, fmt.Errorf("%s at %d B: %d of %d requests failed, first: %s", t.name, size, c.errs, total, c.firstErr))
 			}
+			if err := c.protocolProblem(t); err != nil {
+				errs = append(errs, fmt.Errorf("%s at %d B: %w", t.name, size, err))
+			}
 		}
 	}
 	if len(errs) > 0 {
-		errs = append([]error{errors.New("some targets failed requests")}, errs...)
+		errs = append([]error{errors.New("some targets failed requests or did not speak HTTP/2 as they should")}, errs...)
 	}
 	return errs
+}
+
+// protocolProblem says why the upstream's counts do not show that every
+// request of a target whose upstream counts them came over HTTP/2: a
+// request over an older version, or fewer HTTP/2 requests than answered
+// (a retry may add some, so more are fine).
+func (c *cell) protocolProblem(t *target) error {
+	if t.protoCounts == nil {
+		return nil
+	}
+	if c.seen.Older > 0 || c.seen.HTTP2 < c.ok {
+		return fmt.Errorf("not all over HTTP/2: the upstream counted %d requests over HTTP/2 and %d over HTTP/1.x for %d answered", c.seen.HTTP2, c.seen.Older, c.ok)
+	}
+	return nil
 }

@@ -21,6 +21,8 @@ var goals = []goal{
 	{targetPoold, targetHopFastHTTP, 100, 1.0},
 	{targetPoold, targetHopNetHTTP, 16384, 0.85},
 	{targetPooldStream, targetNginx, 100, 1.0},
+	{targetPooldH2, targetHopNetHTTPH2, 100, 0.8},
+	{targetPooldH2, targetHopNetHTTPH2, 16384, 0.8},
 }
 
 // writeReport writes the Markdown table and the ratios.
@@ -42,6 +44,26 @@ func writeReport(w io.Writer, cfg *config, targets []*target, r results) {
 		}
 	}
 
+	first := true
+	for _, size := range cfg.sizes {
+		for _, t := range targets {
+			c := r[cellKey{t.name, size}]
+			if c == nil || t.protoCounts == nil {
+				continue
+			}
+			if first {
+				fmt.Fprintln(w, "\nProtocol, as the HTTP/2 upstream counted the requests of the measured windows:")
+				fmt.Fprintln(w)
+				first = false
+			}
+			verdict := "all HTTP/2"
+			if c.protocolProblem(t) != nil {
+				verdict = "NOT all HTTP/2"
+			}
+			fmt.Fprintf(w, "- %s at %s: %d answered; %d over HTTP/2, %d over HTTP/1.x: %s\n", t.name, byteSize(size), c.ok, c.seen.HTTP2, c.seen.Older, verdict)
+		}
+	}
+
 	fmt.Fprintln(w, "\nCPU per request, ratio of medians (and of each repetition's pair, min–max):")
 	fmt.Fprintln(w)
 	for _, g := range goals {
@@ -49,6 +71,9 @@ func writeReport(w io.Writer, cfg *config, targets []*target, r results) {
 			verdict := "holds"
 			if m > g.limit {
 				verdict = "does not hold"
+			}
+			if !r.protocolSound(targets, g.a, g.size) || !r.protocolSound(targets, g.b, g.size) {
+				verdict = "not measured: not every request went over HTTP/2"
 			}
 			fmt.Fprintf(w, "- %s / %s at %s: %.2f (%.2f–%.2f); goal ≤ %.2f %s\n", g.a, g.b, byteSize(g.size), m, lo, hi, g.limit, verdict)
 		}
@@ -99,4 +124,16 @@ func latency(d time.Duration) string {
 		return fmt.Sprintf("%.3g ms", us/1000)
 	}
 	return fmt.Sprintf("%.3g µs", math.Round(us))
+}
+
+// protocolSound tells whether the named target's cell at size shows no
+// protocol problem (true for a target whose upstream counts nothing).
+func (r results) protocolSound(targets []*target, name string, size int) bool {
+	c := r[cellKey{name, size}]
+	for _, t := range targets {
+		if t.name == name && c != nil {
+			return c.protocolProblem(t) == nil
+		}
+	}
+	return true
 }

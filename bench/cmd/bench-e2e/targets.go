@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,10 +18,19 @@ const (
 	targetHopNetHTTP  = "hop-nethttp"
 	targetHopFastHTTP = "hop-fasthttp"
 	targetNginx       = "nginx"
+	// The same unary poold and net/http hop, to an upstream serving
+	// HTTP/2 over TLS.
+	targetPooldH2      = "poold-h2"
+	targetHopNetHTTPH2 = "hop-nethttp-h2"
 )
 
 // knownTargets is every target the benchmark can run.
-var knownTargets = []string{targetPoold, targetPooldStream, targetHopNetHTTP, targetHopFastHTTP, targetNginx}
+var knownTargets = []string{targetPoold, targetPooldStream, targetHopNetHTTP, targetHopFastHTTP, targetNginx, targetPooldH2, targetHopNetHTTPH2}
+
+// usesTLSUpstream tells the targets that fetch from the HTTP/2 upstream.
+func usesTLSUpstream(name string) bool {
+	return name == targetPooldH2 || name == targetHopNetHTTPH2
+}
 
 // target is one process under test and the way load is put on it.
 type target struct {
@@ -30,6 +40,10 @@ type target struct {
 	// open prepares the clients for one measurement at one body size.
 	open func(ctx context.Context, size int) (driver, error)
 	proc *child
+	// protoCounts, if set, reads the upstream's count of the requests it
+	// answered over HTTP/2 and over older versions, so that a measurement
+	// can prove which protocol carried it.
+	protoCounts func() (protoCounts, error)
 	// baseline is the target a variant is compared with; "" for the
 	// built-in targets.
 	baseline string
@@ -52,8 +66,8 @@ func startUpstream(ctx context.Context, cs *children, cfg *config) (string, erro
 }
 
 // startHop starts one of the gRPC hops and returns its address.
-func startHop(ctx context.Context, cs *children, name, bin string) (*child, string, error) {
-	return cs.startAnnounced(ctx, name, bin, "--listen=127.0.0.1:0")
+func startHop(ctx context.Context, cs *children, name, bin string, extra ...string) (*child, string, error) {
+	return cs.startAnnounced(ctx, name, bin, append([]string{"--listen=127.0.0.1:0"}, extra...)...)
 }
 
 // startPoold starts a poold and returns its gRPC address once /readyz
@@ -164,11 +178,11 @@ func fileTail(path string) string {
 // startTargets starts every requested target. A target that fails to start
 // is reported and left out, so the others are still measured; the run then
 // exits non-zero.
-func startTargets(ctx context.Context, cs *children, cfg *config, upstream string) ([]*target, []error) {
+func startTargets(ctx context.Context, cs *children, cfg *config, upstream string, tlsUp *tlsUpstream) ([]*target, []error) {
 	var targets []*target
 	var errs []error
 	for _, name := range cfg.targets {
-		t, err := startTarget(ctx, cs, cfg, name, upstream)
+		t, err := startTarget(ctx, cs, cfg, name, upstream, tlsUp)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("target %s did not start: %w", name, err))
 			if ctx.Err() != nil {
@@ -211,8 +225,11 @@ func grpcTarget(t *target, cfg *config, c *child, addr, upstream string, stream 
 }
 
 // startTarget starts one target's process and wires up its load driver.
-func startTarget(ctx context.Context, cs *children, cfg *config, name, upstream string) (*target, error) {
+func startTarget(ctx context.Context, cs *children, cfg *config, name, upstream string, tlsUp *tlsUpstream) (*target, error) {
 	t := &target{name: name}
+	if usesTLSUpstream(name) && tlsUp == nil {
+		return nil, errors.New("the HTTP/2 upstream is not running")
+	}
 	switch name {
 	case targetPoold, targetPooldStream:
 		c, addr, err := startPoold(ctx, cs, cfg, name, "", nil)
@@ -242,6 +259,20 @@ func startTarget(ctx context.Context, cs *children, cfg *config, name, upstream 
 		t.open = func(ctx context.Context, size int) (driver, error) {
 			return openHTTP(fmt.Sprintf("%s/bytes/%d", base, size), cfg.callers, size), nil
 		}
+	case targetPooldH2:
+		c, addr, err := startPoold(ctx, cs, cfg, name, "", []string{"--upstream-ca-file=" + tlsUp.caFile})
+		if err != nil {
+			return nil, err
+		}
+		grpcTarget(t, cfg, c, addr, tlsUp.base, false)
+		t.protoCounts = tlsUp.counts
+	case targetHopNetHTTPH2:
+		c, addr, err := startHop(ctx, cs, name, cfg.hopNetHTTPBin, "--ca-file="+tlsUp.caFile)
+		if err != nil {
+			return nil, err
+		}
+		grpcTarget(t, cfg, c, addr, tlsUp.base, false)
+		t.protoCounts = tlsUp.counts
 	default:
 		return nil, fmt.Errorf("unknown target %q (known: %v)", name, knownTargets)
 	}
