@@ -187,6 +187,10 @@ func (hp *hostPool) startH2(c *conn, dc *dialer.Conn, eff Effective) (*h2conn, e
 		return h, nil
 	case <-t.C:
 		err = fmt.Errorf("%w: no HTTP/2 SETTINGS from the upstream within %v", ErrProtocol, h2SettingsWait(eff))
+	case <-w.readEnd:
+		// x/net gave up on what the upstream sent (an HTTP/1.1 answer,
+		// a frame out of place) or the upstream closed the conn.
+		err = fmt.Errorf("%w: the upstream ended HTTP/2 before its SETTINGS: %w", ErrProtocol, w.readErr)
 	case <-hp.e.ctx.Done():
 		err = ErrClosed
 	}

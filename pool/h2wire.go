@@ -3,6 +3,7 @@ package pool
 import (
 	"encoding/binary"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -19,10 +20,14 @@ type h2Wire struct {
 	lastRead     atomic.Int64 // unix nanoseconds of the last read that returned bytes
 	writeTimeout atomic.Int64 // nanoseconds; 0 = none
 	frames       h2FrameWatch // read side only: x/net reads from one goroutine
+
+	readEnd chan struct{} // closed when a read fails: the conn is done
+	readErr error         // set before readEnd is closed
+	endOnce sync.Once
 }
 
 func newH2Wire(c *conn, writeTimeout time.Duration) *h2Wire {
-	w := &h2Wire{Conn: c.nc, c: c}
+	w := &h2Wire{Conn: c.nc, c: c, readEnd: make(chan struct{})}
 	w.lastRead.Store(time.Now().UnixNano())
 	w.writeTimeout.Store(int64(writeTimeout))
 	return w
@@ -34,6 +39,9 @@ func (w *h2Wire) Read(p []byte) (int, error) {
 		w.lastRead.Store(time.Now().UnixNano())
 		w.c.bytesRead.Add(uint64(n))
 		w.frames.scan(p[:n], w.c)
+	}
+	if err != nil {
+		w.endOnce.Do(func() { w.readErr = err; close(w.readEnd) })
 	}
 	return n, err
 }
