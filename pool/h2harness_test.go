@@ -20,6 +20,7 @@ import (
 
 	"github.com/poold/poold/dialer"
 	"github.com/poold/poold/dialer/dialertest"
+	"github.com/poold/poold/internal/h2script"
 	"github.com/poold/poold/pool"
 )
 
@@ -338,94 +339,26 @@ func (p *freezeProxy) freeze() int {
 	return len(p.pairs)
 }
 
-// refusingH2Server speaks just enough HTTP/2 at the frame level to answer
-// every stream with RST_STREAM(REFUSED_STREAM). It counts the streams it
-// refused.
+// refusingH2Server answers every stream with RST_STREAM(REFUSED_STREAM)
+// and counts the streams it refused.
 type refusingH2Server struct {
 	URL, Host string
-	ln        net.Listener
 	refused   atomic.Int64
-
-	mu   sync.Mutex // guards live
-	live map[net.Conn]struct{}
-	wg   sync.WaitGroup
 }
 
 func newRefusingH2Server(t testing.TB) *refusingH2Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &refusingH2Server{Host: ln.Addr().String(), ln: ln, live: make(map[net.Conn]struct{})}
-	s.URL = "http://" + s.Host
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s := &refusingH2Server{}
+	srv := h2script.NewServer(t, func(c *h2script.Conn) {
+		c.Greet(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.live[c] = struct{}{}
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go s.serve(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for c := range s.live {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-func (s *refusingH2Server) serve(c net.Conn) {
-	defer s.wg.Done()
-	defer func() {
-		c.Close()
-		s.mu.Lock()
-		delete(s.live, c)
-		s.mu.Unlock()
-	}()
-	preface := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
-		return
-	}
-	// One goroutine reads and writes, so the framer needs no lock. Header
-	// blocks are not decoded: nothing is ever answered with headers.
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100}); err != nil {
-		return
-	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				err = fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				err = fr.WritePing(true, f.Data)
-			}
-		case *http2.HeadersFrame:
+			st := c.WantHeaders()
 			s.refused.Add(1)
-			err = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			c.WriteRSTStream(st.ID, http2.ErrCodeRefusedStream)
 		}
-		if err != nil {
-			return
-		}
-	}
+	})
+	s.URL, s.Host = srv.URL, srv.Addr
+	return s
 }
 
 // newH2Engine returns an engine running p that trusts ca (if any) and uses
