@@ -165,17 +165,7 @@ func TestH2PoolColdBurstDialsNoMoreConnsThanTheStreamLimitNeeds(t *testing.T) {
 			e := newH2Engine(t, ca, p)
 			ctx := testContext(t)
 
-			results := make(chan h2Response, n)
-			for i := range n {
-				go func() {
-					req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/cold/%d", u.URL, i), nil)
-					if err != nil {
-						results <- h2Response{err: err}
-						return
-					}
-					results <- exchange(e.RoundTrip, req)
-				}()
-			}
+			results := getMany(ctx, e, u.URL+"/cold", n)
 			if tt.hold {
 				waitFor(t, 10*time.Second, "all requests in the handler", func() bool { return g.held.Load() == n },
 					describeConns(e, u.Host), describeHost(e, u.Host))
@@ -225,17 +215,7 @@ func TestH2PoolStreamLimitDialsMoreConnsUnlessStrict(t *testing.T) {
 			})
 			ctx := testContext(t)
 
-			results := make(chan h2Response, n)
-			for i := range n {
-				go func() {
-					req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/limit/%d", u.URL, i), nil)
-					if err != nil {
-						results <- h2Response{err: err}
-						return
-					}
-					results <- exchange(e.RoundTrip, req)
-				}()
-			}
+			results := getMany(ctx, e, u.URL+"/limit", n)
 			waitFor(t, 10*time.Second, fmt.Sprintf("%d requests in the handler and %d queued", tt.wantHeld, tt.wantPending),
 				func() bool { return g.held.Load() == tt.wantHeld && h2Host(t, e, u.Host).Pending == tt.wantPending },
 				func() string { return fmt.Sprintf("held %d", g.held.Load()) }, describeHost(e, u.Host), describeConns(e, u.Host))
@@ -610,4 +590,21 @@ func TestH2PoolRefusedStreamsFailAfterTheBoundedRetries(t *testing.T) {
 			}
 		})
 	}
+}
+
+// getMany sends n GETs of prefix/0 to prefix/(n-1) at once, each on its
+// own goroutine, and returns the channel their results arrive on.
+func getMany(ctx context.Context, e *pool.Engine, prefix string, n int) <-chan h2Response {
+	results := make(chan h2Response, n)
+	for i := range n {
+		go func() {
+			req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/%d", prefix, i), nil)
+			if err != nil {
+				results <- h2Response{err: err}
+				return
+			}
+			results <- exchange(e.RoundTrip, req)
+		}()
+	}
+	return results
 }
