@@ -93,11 +93,12 @@ func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: Binary(t)}
 	var initial []string
+	ports := &portPicker{t: t}
 	for i := range n {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
-			clientURL: "http://" + freeAddr(t),
-			peerURL:   "http://" + freeAddr(t),
+			clientURL: "http://" + ports.addr(),
+			peerURL:   "http://" + ports.addr(),
 			dataDir:   filepath.Join(t.TempDir(), "etcd"),
 			log:       &lockedBuffer{},
 		}
@@ -124,6 +125,7 @@ func Start(t testing.TB, n int) *Cluster {
 		}
 	}
 	t.Cleanup(c.stop)
+	ports.release()
 	for i := range c.members {
 		c.startMember(i)
 	}
@@ -133,15 +135,30 @@ func Start(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// freeAddr returns a loopback address no one listens on now.
-func freeAddr(t testing.TB) string {
-	t.Helper()
+// portPicker hands out loopback addresses no one listens on. It holds
+// each one's listener until release, so the kernel cannot give the same
+// port twice to one cluster (which etcd refuses as a duplicate URL).
+type portPicker struct {
+	t   testing.TB
+	lns []net.Listener
+}
+
+func (p *portPicker) addr() string {
+	p.t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		p.t.Fatal(err)
 	}
-	defer l.Close()
+	p.lns = append(p.lns, l)
 	return l.Addr().String()
+}
+
+// release closes the listeners, for the members to bind the ports.
+func (p *portPicker) release() {
+	for _, l := range p.lns {
+		l.Close()
+	}
+	p.lns = nil
 }
 
 func (c *Cluster) startMember(i int) {
