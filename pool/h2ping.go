@@ -96,7 +96,7 @@ func (h *h2conn) ping(timeout time.Duration) {
 	h.pingMu.Lock()
 	h.pinging = false
 	if err == nil {
-		h.lastRTT, h.lastPing = rtt, time.Now()
+		h.lastRTT = rtt
 	}
 	h.pingMu.Unlock()
 	if err == nil || e.ctx.Err() != nil {

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -54,4 +55,40 @@ func TestH2PoolStressCancelAndLimits(t *testing.T) {
 		s := h2Host(t, e, u.Host)
 		return s.Streams == 0 && s.Active == 0 && s.Pending == 0
 	})
+}
+
+// The header timeout and the body read gap each end an HTTP/2 stream with
+// their own error, though one timer per stream serves both.
+func TestH2PoolHeaderAndBodyTimeoutsSayWhichRanOut(t *testing.T) {
+	u := newH2Upstream(t, nil, 0, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/drip" {
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+		}
+		<-r.Context().Done()
+	}))
+	e := newH2Engine(t, nil, pool.Policy{
+		Protocols:             new(pool.ProtocolsH2C),
+		ResponseHeaderTimeout: new(300 * time.Millisecond),
+		BodyReadTimeout:       new(300 * time.Millisecond),
+	})
+	ctx := testContext(t)
+
+	req, _ := http.NewRequestWithContext(ctx, "GET", u.URL+"/stall", nil)
+	_, err := e.RoundTrip(req)
+	var pe *pool.Error
+	if !errors.As(err, &pe) || pe.Phase != pool.PhaseResponseHeader || !pe.Timeout() {
+		t.Errorf("stalled head: %v, want a response header timeout", err)
+	}
+
+	req, _ = http.NewRequestWithContext(ctx, "GET", u.URL+"/drip", nil)
+	resp, err := e.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !errors.Is(err, pool.ErrBodyReadTimeout) {
+		t.Errorf("stalled body: %v, want pool.ErrBodyReadTimeout", err)
+	}
 }

@@ -75,20 +75,19 @@ const (
 // same bytes; this only reads, so a frame it cannot make sense of is
 // x/net's to reject, and the watcher never fails anything.
 type h2FrameWatch struct {
-	hdr    [h2FrameHeaderLen]byte
-	nhdr   int    // bytes of hdr filled
-	left   uint32 // payload bytes of the current frame still to come
-	typ    byte
-	flags  byte
-	keep   [h2GoAwayPrefixLen]byte // the start of a GOAWAY payload, or one SETTINGS entry
-	nkeep  int
-	broken bool // the stream stopped looking like frames: stop watching
+	hdr   [h2FrameHeaderLen]byte
+	nhdr  int    // bytes of hdr filled
+	left  uint32 // payload bytes of the current frame still to come
+	typ   byte
+	flags byte
+	keep  [h2GoAwayPrefixLen]byte // the start of a GOAWAY payload, or one SETTINGS entry
+	nkeep int
 	// settingsSeen says the first SETTINGS came and h2Settings is closed.
 	settingsSeen bool
 }
 
 func (f *h2FrameWatch) scan(p []byte, c *conn) {
-	for len(p) > 0 && !f.broken {
+	for len(p) > 0 {
 		if f.left == 0 && f.nhdr < h2FrameHeaderLen {
 			k := copy(f.hdr[f.nhdr:], p)
 			f.nhdr += k

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,10 +21,9 @@ type h2conn struct {
 	cl h2Client
 	w  *h2Wire
 
-	pingMu   sync.Mutex // guards pinging and lastRTT
-	pinging  bool
-	lastRTT  time.Duration
-	lastPing time.Time
+	pingMu  sync.Mutex // guards pinging and lastRTT
+	pinging bool
+	lastRTT time.Duration
 }
 
 func (h *h2conn) canTakeRequestLocked() bool { return h.c.state == ConnIdle }
@@ -62,7 +62,7 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	ctx, cancel := context.WithCancelCause(x.ctx)
 	s := &h2Stream{x: x, h: h, ctx: ctx, cancel: cancel}
 	if d := x.eff.ResponseHeaderTimeout; d > 0 {
-		s.timer = time.AfterFunc(d, func() { cancel(errH2HeaderTimeout) })
+		s.timer = time.AfterFunc(d, s.timedOut)
 	}
 	r := x.req.WithContext(ctx) // a shallow copy: the caller's request stays as it was
 	r.Body = x.body
@@ -74,6 +74,7 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	if err != nil {
 		return s.fail(ctx, err)
 	}
+	s.headDone.Store(true)
 	x.tm.firstByte(x.writeStart)
 	x.tm.attach(resp, x.req, &x.tctx)
 	if resp.Body == nil || resp.Body == http.NoBody {
@@ -97,6 +98,9 @@ type h2Stream struct {
 	timer  *time.Timer // the header timeout, then the body read gap
 	rc     io.ReadCloser
 	gap    time.Duration
+	// headDone says the response head is in, so a timer firing now is
+	// the body read gap's, not the header timeout's.
+	headDone atomic.Bool
 
 	mu   sync.Mutex
 	done bool
@@ -115,8 +119,9 @@ func (s *h2Stream) Read(p []byte) (int, error) {
 	}
 	s.mu.Unlock()
 	if s.gap > 0 {
+		// One timer per stream serves both timeouts.
 		if s.timer == nil {
-			s.timer = time.AfterFunc(s.gap, func() { s.cancel(ErrBodyReadTimeout) })
+			s.timer = time.AfterFunc(s.gap, s.timedOut)
 		} else {
 			s.timer.Reset(s.gap)
 		}
@@ -141,6 +146,15 @@ func (s *h2Stream) Read(p []byte) (int, error) {
 func (s *h2Stream) Close() error {
 	s.end(http.ErrBodyReadAfterClose, "")
 	return nil
+}
+
+// timedOut ends the stream on the timeout that is running.
+func (s *h2Stream) timedOut() {
+	if s.headDone.Load() {
+		s.cancel(ErrBodyReadTimeout)
+	} else {
+		s.cancel(errH2HeaderTimeout)
+	}
 }
 
 // end finishes the stream once, reporting whether this call did.
@@ -217,15 +231,14 @@ func (s *h2Stream) fail(ctx context.Context, err error) (*http.Response, bool, e
 		f := classifyH2(err, c.goAwayCode())
 		switch {
 		case f.unprocessed:
+			// Refused by the peer, or cut by its GOAWAY: either way the
+			// stream went unprocessed, and nothing of it counts as sent.
+			hp.stats.refusedStreams.Add(1)
+			perr = fmt.Errorf("%w: %w", errUnprocessed, err)
 			if f.reset != nil {
-				hp.stats.refusedStreams.Add(1)
 				hp.e.emit(hp, EventRefusedStream, c.id, "", f.reset.CodeName())
 				perr = fmt.Errorf("%w: %w: %w", errUnprocessed, f.reset, err)
-			} else {
-				hp.stats.refusedStreams.Add(1)
-				perr = fmt.Errorf("%w: %w", errUnprocessed, err)
 			}
-			x.tm.finish()
 			hp.releaseStream(c, "", false)
 			return nil, false, &Error{Phase: phase, Host: hp.key, Err: perr}
 		case f.reset != nil:
