@@ -41,22 +41,17 @@ func (hp *hostPool) roundTrip(req *http.Request, eff Effective, framing reqFrami
 		if err == nil {
 			return resp, nil
 		}
-		if errors.Is(err, errUnprocessed) && unprocessed < maxUnprocessedRetries && ctx.Err() == nil && resendable(req) {
+		var again bool
+		if errors.Is(err, errUnprocessed) {
 			// The server did not act on it (RFC 9113 section 8.7): any
 			// method may go again, after a pause that grows, since a
 			// server refusing streams is shedding load.
-			body, rerr := rewind(req)
-			if rerr == nil && pause(ctx, unprocessed) {
-				unprocessed++
-				x = x.retry(body)
-				hp.stats.retries.Add(1)
-				continue
-			}
-			if rerr != nil {
-				err = errors.Join(err, rerr)
-			}
+			again = unprocessed < maxUnprocessedRetries && resendable(req) && ctx.Err() == nil && pause(ctx, unprocessed)
+			unprocessed++
+		} else {
+			again = retryable && attempt <= int(eff.MaxRetries) && replayable(req) && ctx.Err() == nil
 		}
-		if retryable && attempt <= int(eff.MaxRetries) && replayable(req) && ctx.Err() == nil {
+		if again {
 			body, rerr := rewind(req)
 			if rerr == nil {
 				x = x.retry(body)
