@@ -40,24 +40,18 @@ func (hp *hostPool) h2PriorKnowledge(eff Effective) bool {
 		(eff.Protocols == ProtocolsH2 || eff.Protocols == ProtocolsH2C)
 }
 
-// streamCapLocked is the policy's per-conn cap, and what a conn counts
-// before the peer's SETTINGS: min(cap, 100).
-func (hp *hostPool) streamCapLocked() (cap, beforeSettings int) {
-	cap = int(hp.eff.MaxConcurrentStreams)
-	if cap == 0 {
-		cap = int(^uint32(0) >> 1)
+// streamCapLocked is the policy's per-conn stream cap.
+func (hp *hostPool) streamCapLocked() int {
+	if n := hp.eff.MaxConcurrentStreams; n > 0 {
+		return int(n)
 	}
-	return cap, min(cap, h2PeerMaxBeforeSettings)
+	return int(^uint32(0) >> 1)
 }
 
-// streamLimitLocked is how many streams c may carry now.
+// streamLimitLocked is how many streams c may carry now. A conn is
+// offered only once the peer's SETTINGS came, so its limit is known.
 func (hp *hostPool) streamLimitLocked(c *conn) int {
-	cap, before := hp.streamCapLocked()
-	v := c.h2PeerMax.Load()
-	if v&h2PeerMaxSeen == 0 {
-		return before
-	}
-	return min(cap, int(uint32(v)))
+	return min(hp.streamCapLocked(), int(uint32(c.h2PeerMax.Load())))
 }
 
 // canStreamLocked reports whether c may take one more stream.
@@ -116,7 +110,7 @@ func (hp *hostPool) h2CoverLocked() int {
 	if hp.learned == learnedHTTP1 || !hp.wantsH2(hp.eff) {
 		return 0
 	}
-	cap, _ := hp.streamCapLocked()
+	cap := hp.streamCapLocked()
 	per := min(cap, h2DefaultPeerMax)
 	if hp.peerMaxHint > 0 {
 		// The host's last conn told its limit; the next one likely

@@ -163,10 +163,6 @@ const (
 	h2PeerMaxSeen = 1 << 32
 	// h2GoAwaySeen marks h2GoAway as holding a received GOAWAY's code.
 	h2GoAwaySeen = 1 << 32
-	// h2PeerMaxBeforeSettings is what a conn counts as its stream limit
-	// before the peer's SETTINGS say otherwise (RFC 9113 section 6.5.2
-	// recommends no less than 100).
-	h2PeerMaxBeforeSettings = 100
 	// h2DefaultPeerMax is the limit taken from SETTINGS that set none, as
 	// x/net does.
 	h2DefaultPeerMax = 1000

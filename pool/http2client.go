@@ -30,7 +30,7 @@ type h2Client interface {
 // h2State is what a client conn tells about itself.
 type h2State struct {
 	Closed, Closing bool
-	Active, Pending int
+	Pending         int // requests waiting in x/net for a stream
 }
 
 // xnetClient adapts x/net's ClientConn.
@@ -43,7 +43,7 @@ func (x xnetClient) shutdown(ctx context.Context) error                { return 
 
 func (x xnetClient) state() h2State {
 	s := x.cc.State()
-	return h2State{Closed: s.Closed, Closing: s.Closing, Active: s.StreamsActive, Pending: s.StreamsPending}
+	return h2State{Closed: s.Closed, Closing: s.Closing, Pending: s.StreamsPending}
 }
 
 // h2Transports holds one x/net Transport per response head limit: the
