@@ -58,6 +58,7 @@ type variant struct {
 	name   string
 	bin    string // the poold binary; "" for --poold's
 	stream bool
+	h2     bool // in front of the HTTP/2 upstream, against poold-h2
 	args   []string
 }
 
@@ -92,7 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.hopFastHTTPBin, "hop-fasthttp", "", "fasthttp hop binary (required for its target)")
 	fs.StringVar(&cfg.nginxBin, "nginx", "nginx", "nginx binary")
 	targets := fs.String("targets", strings.Join(knownTargets, ","), "targets to measure, comma-separated")
-	fs.Func("variant", "an extra poold target `name[@binary]=flags`, measured beside the others: another binary (a change against its baseline), other flags or both; a name ending in -stream uses Pipeline (repeatable)", func(s string) error {
+	fs.Func("variant", "an extra poold target `name[@binary]=flags`, measured beside the others: another binary (a change against its baseline), other flags or both; a name ending in -stream uses Pipeline, one ending in -h2 the HTTP/2 upstream (repeatable)", func(s string) error {
 		name, args, ok := strings.Cut(s, "=")
 		name, bin, _ := strings.Cut(name, "@")
 		if !ok || name == "" {
@@ -101,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if slices.Contains(knownTargets, name) || slices.ContainsFunc(cfg.variants, func(v variant) bool { return v.name == name }) {
 			return fmt.Errorf("variant name %q is taken", name)
 		}
-		cfg.variants = append(cfg.variants, variant{name: name, bin: bin, stream: strings.HasSuffix(name, "-stream"), args: strings.Fields(args)})
+		cfg.variants = append(cfg.variants, variant{name: name, bin: bin, stream: strings.HasSuffix(name, "-stream"), h2: strings.HasSuffix(name, "-h2"), args: strings.Fields(args)})
 		return nil
 	})
 	sizes := fs.String("sizes", "100,16384", "response body sizes in bytes, comma-separated")
@@ -190,7 +191,7 @@ func run(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	// fails, they fail to start and the others are still measured.
 	var tlsUp *tlsUpstream
 	var errs []error
-	if slices.ContainsFunc(cfg.targets, usesTLSUpstream) {
+	if slices.ContainsFunc(cfg.targets, usesTLSUpstream) || slices.ContainsFunc(cfg.variants, func(v variant) bool { return v.h2 }) {
 		if tlsUp, err = startTLSUpstream(ctx, cs, cfg); err != nil {
 			errs = append(errs, fmt.Errorf("HTTP/2 upstream did not start: %w", err))
 		}

@@ -193,7 +193,15 @@ func startTargets(ctx context.Context, cs *children, cfg *config, upstream strin
 		targets = append(targets, t)
 	}
 	for _, v := range cfg.variants {
-		c, addr, err := startPoold(ctx, cs, cfg, v.name, v.bin, v.args)
+		args, up := v.args, upstream
+		if v.h2 {
+			if tlsUp == nil {
+				errs = append(errs, fmt.Errorf("variant %s: the HTTP/2 upstream is not running", v.name))
+				continue
+			}
+			args, up = append([]string{"--upstream-ca-file=" + tlsUp.caFile}, args...), tlsUp.base
+		}
+		c, addr, err := startPoold(ctx, cs, cfg, v.name, v.bin, args)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("variant %s did not start: %w", v.name, err))
 			if ctx.Err() != nil {
@@ -202,10 +210,14 @@ func startTargets(ctx context.Context, cs *children, cfg *config, upstream strin
 			continue
 		}
 		t := &target{name: v.name, baseline: targetPoold}
-		if v.stream {
+		switch {
+		case v.stream:
 			t.baseline = targetPooldStream
+		case v.h2:
+			t.baseline = targetPooldH2
+			t.protoCounts = tlsUp.counts
 		}
-		grpcTarget(t, cfg, c, addr, upstream, v.stream)
+		grpcTarget(t, cfg, c, addr, up, v.stream)
 		targets = append(targets, t)
 	}
 	return targets, errs
