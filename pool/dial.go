@@ -176,7 +176,7 @@ func (hp *hostPool) startH2(c *conn, dc *dialer.Conn, eff Effective) (*h2conn, e
 	w := newH2Wire(c, eff.H2PingTimeout)
 	cl, err := hp.e.h2.newClient(w, eff.MaxResponseHeaderBytes)
 	if err != nil {
-		_ = dc.Conn.Close()
+		_ = w.Close()
 		return nil, err
 	}
 	h := &h2conn{c: c, cl: cl, w: w}
@@ -194,6 +194,6 @@ func (hp *hostPool) startH2(c *conn, dc *dialer.Conn, eff Effective) (*h2conn, e
 	case <-hp.e.ctx.Done():
 		err = ErrClosed
 	}
-	_ = dc.Conn.Close()
+	_ = w.Close()
 	return nil, err
 }

@@ -24,12 +24,16 @@ type h2Wire struct {
 	readEnd chan struct{} // closed when a read fails: the conn is done
 	readErr error         // set before readEnd is closed
 	endOnce sync.Once
+
+	out h2Out
 }
 
 func newH2Wire(c *conn, writeTimeout time.Duration) *h2Wire {
 	w := &h2Wire{Conn: c.nc, c: c, readEnd: make(chan struct{})}
 	w.lastRead.Store(time.Now().UnixNano())
 	w.writeTimeout.Store(int64(writeTimeout))
+	w.out.init()
+	go w.writeLoop()
 	return w
 }
 
@@ -43,17 +47,6 @@ func (w *h2Wire) Read(p []byte) (int, error) {
 	if err != nil {
 		w.endOnce.Do(func() { w.readErr = err; close(w.readEnd) })
 	}
-	return n, err
-}
-
-func (w *h2Wire) Write(p []byte) (int, error) {
-	if d := time.Duration(w.writeTimeout.Load()); d > 0 {
-		if err := w.Conn.SetWriteDeadline(time.Now().Add(d)); err != nil {
-			return 0, err
-		}
-	}
-	n, err := w.Conn.Write(p)
-	w.c.bytesWritten.Add(uint64(n))
 	return n, err
 }
 
