@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -57,22 +56,23 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 		hp.e.emit(hp, EventReused, c.id, "", "")
 	}
 
-	// The stream's own context: the header and body timeouts end it
-	// without ending the caller's request context.
-	ctx, cancel := context.WithCancelCause(x.ctx)
-	s := &h2Stream{x: x, h: h, ctx: ctx, cancel: cancel}
+	s := &h2Stream{x: x, h: h, stop: make(chan struct{})}
 	if d := x.eff.ResponseHeaderTimeout; d > 0 {
 		s.timer = time.AfterFunc(d, s.timedOut)
 	}
-	r := x.req.WithContext(ctx) // a shallow copy: the caller's request stays as it was
+	r := x.req.WithContext(x.ctx) // a shallow copy: the caller's request stays as it was
 	r.Body = x.body
+	// The header and body timeouts end the stream through the request's
+	// Cancel channel, which x/net watches beside the context: cheaper
+	// than a context of its own per stream.
+	r.Cancel = s.stop
 	x.writeStart = time.Now()
 	resp, err := h.cl.roundTrip(r)
 	if s.timer != nil {
 		s.timer.Stop()
 	}
 	if err != nil {
-		return s.fail(ctx, err)
+		return s.fail(err)
 	}
 	s.headDone.Store(true)
 	x.tm.firstByte(x.writeStart)
@@ -91,13 +91,13 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 // h2Stream is one request's stream; as the response body it gives the
 // stream back to the pool at EOF, error or Close.
 type h2Stream struct {
-	x      *exchange
-	h      *h2conn
-	ctx    context.Context // the stream's, under x.ctx
-	cancel context.CancelCauseFunc
-	timer  *time.Timer // the header timeout, then the body read gap
-	rc     io.ReadCloser
-	gap    time.Duration
+	x     *exchange
+	h     *h2conn
+	stop  chan struct{}         // the request's Cancel: closed by a timeout
+	why   atomic.Pointer[error] // the timeout that closed stop
+	timer *time.Timer           // the header timeout, then the body read gap
+	rc    io.ReadCloser
+	gap   time.Duration
 	// headDone says the response head is in, so a timer firing now is
 	// the body read gap's, not the header timeout's.
 	headDone atomic.Bool
@@ -150,11 +150,21 @@ func (s *h2Stream) Close() error {
 
 // timedOut ends the stream on the timeout that is running.
 func (s *h2Stream) timedOut() {
+	err := errH2HeaderTimeout
 	if s.headDone.Load() {
-		s.cancel(ErrBodyReadTimeout)
-	} else {
-		s.cancel(errH2HeaderTimeout)
+		err = ErrBodyReadTimeout
 	}
+	if s.why.CompareAndSwap(nil, &err) {
+		close(s.stop)
+	}
+}
+
+// stopCause is the timeout that ended the stream, or nil.
+func (s *h2Stream) stopCause() error {
+	if p := s.why.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // end finishes the stream once, reporting whether this call did.
@@ -179,7 +189,6 @@ func (s *h2Stream) finish(reason CloseReason) {
 	if s.rc != nil {
 		_ = s.rc.Close()
 	}
-	s.cancel(nil)
 	s.x.tm.finish()
 	s.x.end()
 	s.x.hp.releaseStream(s.h.c, reason, false)
@@ -191,7 +200,7 @@ func (s *h2Stream) bodyError(err error) error {
 	case x.ctx.Err() != nil:
 		phase, cause := ctxError(x.ctx, PhaseBody)
 		return &Error{Phase: phase, Host: x.hp.key, Err: cause, Sent: true}
-	case context.Cause(s.ctx) == ErrBodyReadTimeout:
+	case s.stopCause() == ErrBodyReadTimeout:
 		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: ErrBodyReadTimeout, Sent: true}
 	case x.hp.e.isClosed.Load():
 		return &Error{Phase: PhaseBody, Host: x.hp.key, Err: joinClosed(err), Sent: true}
@@ -208,14 +217,13 @@ func (s *h2Stream) bodyError(err error) error {
 }
 
 // fail ends an attempt that got no response head.
-func (s *h2Stream) fail(ctx context.Context, err error) (*http.Response, bool, error) {
+func (s *h2Stream) fail(err error) (*http.Response, bool, error) {
 	x, c := s.x, s.h.c
 	hp := x.hp
 	s.mu.Lock()
 	s.done = true
 	s.mu.Unlock()
-	cause := context.Cause(ctx)
-	s.cancel(nil)
+	cause := s.stopCause()
 	reason := CloseReason("")
 	phase := PhaseResponseHeader
 	var perr error
