@@ -125,7 +125,12 @@ func (c *conn) setDialed(dc *dialer.Conn, ka net.KeepAliveConfig, start time.Tim
 // way, and the kernel releases the socket.
 func (c *conn) closeNow() {
 	c.closeOnce.Do(func() {
-		if c.nc != nil {
+		switch {
+		case c.h2 != nil:
+			// What x/net queued last (an RST_STREAM, a GOAWAY) goes
+			// out first.
+			c.h2.w.closeSoon()
+		case c.nc != nil:
 			_ = c.nc.Close()
 		}
 	})

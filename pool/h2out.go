@@ -86,7 +86,26 @@ func (w *h2Wire) Write(p []byte) (int, error) {
 // Close sends what is queued, waiting at most h2CloseFlushWait, and closes
 // the conn.
 func (w *h2Wire) Close() error {
-	o := &w.out
+	w.out.startClosing()
+	t := time.NewTimer(h2CloseFlushWait)
+	defer t.Stop()
+	select {
+	case <-w.out.done:
+		return nil // the writer closed the conn
+	case <-t.C:
+	}
+	return w.Conn.Close()
+}
+
+// closeSoon is Close without the wait: the writer closes the conn once
+// what is queued went out (an RST_STREAM or GOAWAY x/net wrote just before
+// the pool gave up on the conn), or the timer does.
+func (w *h2Wire) closeSoon() {
+	w.out.startClosing()
+	time.AfterFunc(h2CloseFlushWait, func() { _ = w.Conn.Close() })
+}
+
+func (o *h2Out) startClosing() {
 	o.once.Do(func() {
 		o.mu.Lock()
 		o.closing = true
@@ -97,17 +116,11 @@ func (w *h2Wire) Close() error {
 		default:
 		}
 	})
-	t := time.NewTimer(h2CloseFlushWait)
-	defer t.Stop()
-	select {
-	case <-o.done:
-	case <-t.C:
-	}
-	return w.Conn.Close()
 }
 
-// writeLoop is the conn's writer. It ends when the wire is closed, when a
-// write fails, or when the read side ends (whoever closed the conn).
+// writeLoop is the conn's writer. It ends when the wire is closed (and
+// then closes the conn), when a write fails, or when the read side ends
+// (whoever closed the conn).
 func (w *h2Wire) writeLoop() {
 	o := &w.out
 	defer close(o.done)
@@ -137,6 +150,7 @@ func (w *h2Wire) writeLoop() {
 				o.mu.Unlock()
 				if closing {
 					o.fail(net.ErrClosed)
+					_ = w.Conn.Close()
 					return
 				}
 				break
