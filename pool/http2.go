@@ -60,7 +60,12 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	if d := x.eff.ResponseHeaderTimeout; d > 0 {
 		s.timer = time.AfterFunc(d, s.timedOut)
 	}
-	r := x.req.WithContext(x.ctx) // a shallow copy: the caller's request stays as it was
+	// A shallow copy, so the caller's request stays as it was. Its
+	// context carries the timing too: x/net makes it the response's
+	// Request, which is where TimingFrom looks, so the response needs
+	// no copy of its own.
+	x.tctx.Context, x.tctx.tm = x.ctx, x.tm
+	r := x.req.WithContext(&x.tctx)
 	r.Body = x.body
 	// The header and body timeouts end the stream through the request's
 	// Cancel channel, which x/net watches beside the context: cheaper
@@ -76,7 +81,6 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	}
 	s.headDone.Store(true)
 	x.tm.firstByte(x.writeStart)
-	x.tm.attach(resp, x.req, &x.tctx)
 	if resp.Body == nil || resp.Body == http.NoBody {
 		s.finish("")
 		resp.Body = http.NoBody
