@@ -608,3 +608,61 @@ func getMany(ctx context.Context, e *pool.Engine, prefix string, n int) <-chan h
 	}
 	return results
 }
+
+// A stream's timing: the first request dials, the next one shares the
+// conn and says so, and both measure their time to first byte; the
+// response's Request keeps the caller's context, request timeout or not.
+func TestH2TimingTellsASharedConnFromAFreshOne(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy pool.Policy
+	}{
+		{name: "no request timeout"},
+		// Tighter than testContext's minute, so the pool runs the
+		// stream under a context of its own.
+		{name: "request timeout", policy: pool.Policy{RequestTimeout: new(30 * time.Second)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ca := dialertest.NewCA(t)
+			u := newH2Upstream(t, ca, 250, http.HandlerFunc(answer))
+			e := newH2Engine(t, ca, tt.policy)
+			ctx := testContext(t)
+			var got []pool.Timing
+			for range 2 {
+				req, err := http.NewRequestWithContext(ctx, "GET", u.URL+"/t", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp, err := e.RoundTrip(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadAll(resp.Body); err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.ProtoMajor != 2 {
+					t.Fatalf("response over %s, want HTTP/2.0", resp.Proto)
+				}
+				if err := resp.Request.Context().Err(); err != nil {
+					t.Fatalf("the response's Request context ended with the body: %v", err)
+				}
+				tm, ok := pool.TimingFrom(resp)
+				if !ok {
+					t.Fatal("TimingFrom found no timing on an HTTP/2 response")
+				}
+				got = append(got, tm)
+			}
+			first, second := got[0], got[1]
+			if first.Reused || !second.Reused || first.ConnID != second.ConnID {
+				t.Errorf("reused %v then %v on conns %d and %d, want false then true on one conn", first.Reused, second.Reused, first.ConnID, second.ConnID)
+			}
+			for i, tm := range got {
+				if tm.TimeToFirstByte <= 0 || tm.Total < tm.TimeToFirstByte || tm.Attempts != 1 {
+					t.Errorf("request %d: %+v, want a time to first byte within the total and one attempt", i, tm)
+				}
+			}
+		})
+	}
+}
