@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/keepalive"
@@ -95,9 +96,18 @@ func OpenEtcdBackend(cfg EtcdConfig) (*EtcdBackend, error) {
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		DialTimeout:          2 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true,
-		})},
+		DialOptions: []grpc.DialOption{
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{
+				Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true,
+			}),
+			// gRPC's default reconnect backoff grows to two minutes, so a
+			// member back after an outage of some seconds could wait
+			// that long to be dialed again, and the store to be current.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           etcdReconnectBackoff,
+				MinConnectTimeout: 2 * time.Second,
+			}),
+		},
 		// The client's own log would go around poold's; the store logs
 		// what matters.
 		Logger: zap.NewNop(),
@@ -236,6 +246,15 @@ func (b *EtcdBackend) connected() error {
 		return fmt.Errorf("%w: no etcd member reachable (%v)", ErrStoreUnavailable, st)
 	}
 	return nil
+}
+
+// etcdReconnectBackoff paces the redials of an etcd member that cannot be
+// reached: quickly at first, then every two seconds at most.
+var etcdReconnectBackoff = backoff.Config{
+	BaseDelay:  250 * time.Millisecond,
+	Multiplier: 1.6,
+	Jitter:     0.2,
+	MaxDelay:   2 * time.Second,
 }
 
 // Watch watches every key under the prefix from rev on.
