@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"net"
 	"runtime"
 	"sync"
@@ -91,10 +92,12 @@ func (w *h2Wire) Close() error {
 	defer t.Stop()
 	select {
 	case <-w.out.done:
-		return nil // the writer closed the conn
 	case <-t.C:
 	}
-	return w.Conn.Close()
+	if err := w.Conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err // the writer closes the conn as it ends; that is no error
+	}
+	return nil
 }
 
 // closeSoon is Close without the wait: the writer closes the conn once
@@ -129,6 +132,7 @@ func (w *h2Wire) writeLoop() {
 		case <-o.kick:
 		case <-w.readEnd:
 			o.fail(net.ErrClosed)
+			_ = w.Conn.Close()
 			return
 		}
 		// Let the goroutines already runnable queue their frames first

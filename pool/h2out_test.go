@@ -157,12 +157,18 @@ func TestH2WireWriteTimeoutFailsEveryWriter(t *testing.T) {
 // The writer ends with the read side: whoever closed the conn, no
 // goroutine is left behind.
 func TestH2WireWriterEndsWithTheReadSide(t *testing.T) {
-	w, _, peer := wirePair(t, 10*time.Second)
+	w, cc, peer := wirePair(t, 10*time.Second)
 	_ = peer.Close()
 	if _, err := w.Read(make([]byte, 10)); err == nil {
 		t.Fatal("Read on a conn the peer closed succeeded")
 	}
 	<-w.out.done
+	if _, err := cc.Conn.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("the socket after the writer ended: Write = %v, want net.ErrClosed", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Errorf("Close after the writer closed the socket = %v, want nil", err)
+	}
 	if _, err := w.Write([]byte("x")); err == nil {
 		t.Fatal("Write after the read side ended succeeded")
 	}
