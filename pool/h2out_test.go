@@ -136,19 +136,29 @@ func TestH2WireCloseSendsWhatIsQueued(t *testing.T) {
 // A peer that stops reading fails the writes within the write timeout,
 // writers blocked on a full queue included, and the failure sticks.
 func TestH2WireWriteTimeoutFailsEveryWriter(t *testing.T) {
+	const writers = 4
 	w, _, _ := wirePair(t, 50*time.Millisecond)
-	chunk := make([]byte, 64<<10)
-	var err error
-	for range 10000 { // far more than the socket buffers hold
-		if _, err = w.Write(chunk); err != nil {
-			break
+	errs := make(chan error, writers)
+	for range writers {
+		go func() {
+			chunk := make([]byte, 64<<10)
+			var err error
+			for range 10000 { // far more than the socket buffers and the queue hold
+				if _, err = w.Write(chunk); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range writers {
+		err := <-errs
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("Write = %v, want a timeout once the peer stopped reading", err)
 		}
 	}
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		t.Fatalf("Write = %v, want a timeout once the peer stopped reading", err)
-	}
-	if _, again := w.Write(chunk); again == nil {
+	if _, err := w.Write([]byte("x")); err == nil {
 		t.Fatal("a Write after the failure succeeded")
 	}
 	<-w.out.done
