@@ -199,7 +199,7 @@ func startTargets(ctx context.Context, cs *children, cfg *config, upstream strin
 				errs = append(errs, fmt.Errorf("variant %s: the HTTP/2 upstream is not running", v.name))
 				continue
 			}
-			args, up = append([]string{"--upstream-ca-file=" + tlsUp.caFile}, args...), tlsUp.base
+			args, up = append(tlsUp.pooldArgs(), args...), tlsUp.base
 		}
 		c, addr, err := startPoold(ctx, cs, cfg, v.name, v.bin, args)
 		if err != nil {
@@ -272,7 +272,7 @@ func startTarget(ctx context.Context, cs *children, cfg *config, name, upstream 
 			return openHTTP(fmt.Sprintf("%s/bytes/%d", base, size), cfg.callers, size), nil
 		}
 	case targetPooldH2:
-		c, addr, err := startPoold(ctx, cs, cfg, name, "", []string{"--upstream-ca-file=" + tlsUp.caFile})
+		c, addr, err := startPoold(ctx, cs, cfg, name, "", tlsUp.pooldArgs())
 		if err != nil {
 			return nil, err
 		}

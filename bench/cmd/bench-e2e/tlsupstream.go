@@ -20,6 +20,11 @@ type tlsUpstream struct {
 	client *http.Client // trusts caFile, for its counters
 }
 
+// pooldArgs are the flags a poold in front of u needs: trust in its CA.
+func (u *tlsUpstream) pooldArgs() []string {
+	return []string{"--upstream-ca-file=" + u.caFile}
+}
+
 // protoCounts is how many /bytes requests an upstream has answered, by the
 // major version of HTTP they came over.
 type protoCounts struct {
