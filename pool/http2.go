@@ -60,19 +60,7 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	if d := x.eff.ResponseHeaderTimeout; d > 0 {
 		s.timer = time.AfterFunc(d, s.timedOut)
 	}
-	// A shallow copy, so the caller's request stays as it was. x/net
-	// makes it the response's Request, which is where TimingFrom looks:
-	// when the stream runs under the caller's own context (no request
-	// timeout of the pool's), that copy carries the timing and the
-	// response needs no copy of its own.
-	shared := x.ctx == x.req.Context()
-	var r *http.Request
-	if shared {
-		x.tctx.Context, x.tctx.tm = x.ctx, x.tm
-		r = x.req.WithContext(&x.tctx)
-	} else {
-		r = x.req.WithContext(x.ctx)
-	}
+	r := x.req.WithContext(x.ctx) // a shallow copy: the caller's request stays as it was
 	r.Body = x.body
 	// The header and body timeouts end the stream through the request's
 	// Cancel channel, which x/net watches beside the context: cheaper
@@ -88,9 +76,7 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	}
 	s.headDone.Store(true)
 	x.tm.firstByte(x.writeStart)
-	if !shared {
-		x.tm.attach(resp, x.req, &x.tctx)
-	}
+	x.tm.attach(resp, x.req, &x.tctx)
 	if resp.Body == nil || resp.Body == http.NoBody {
 		s.finish("")
 		resp.Body = http.NoBody
