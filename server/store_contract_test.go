@@ -260,6 +260,16 @@ func openContractStore(t *testing.T, b Backend, opts StoreOptions) (*PolicyStore
 	t.Helper()
 	rec := &policySetRecorder{}
 	opts.Apply = rec.apply
+	if opts.Logger == nil {
+		// What the store logged tells why a test of its syncing failed.
+		log := &syncWriter{}
+		opts.Logger = slog.New(slog.NewTextHandler(log, nil))
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the store's log:\n%s", log)
+			}
+		})
+	}
 	if opts.Now == nil {
 		opts.Now = newPolicyClock().Now
 	}
