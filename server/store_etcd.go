@@ -269,7 +269,21 @@ func (b *EtcdBackend) Watch(ctx context.Context, rev int64) (Watcher, error) {
 	// listed already keeps the progress coming.
 	from := max(rev-1, 1)
 	ch := w.Watch(wctx, b.prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
-	return &etcdWatcher{b: b, ctx: wctx, cancel: cancel, w: w, ch: ch, min: rev, tick: time.NewTicker(b.progress)}, nil
+	return &etcdWatcher{b: b, ctx: wctx, cancel: cancel, w: w, ch: ch, min: rev, tick: time.NewTicker(b.progress), heard: time.Now()}, nil
+}
+
+// silenceLimit is how long a watch may go unanswered, however often it
+// asks for progress, before it counts as broken.
+//
+// The client resumes a watch whose connection broke on its own, from one
+// past the last revision it heard of, and etcd answers no progress
+// request for a watch that starts beyond its current revision
+// (progressIfSync in its watchable store). Once etcd is back such a
+// watch would stay silent until the next change, and the store stale
+// however current it is; ending it makes the store list and watch anew,
+// from a revision etcd has.
+func (b *EtcdBackend) silenceLimit() time.Duration {
+	return max(10*b.progress, 2*time.Second)
 }
 
 // etcdWatcher is one etcd watch. It asks for progress every tick, so that
@@ -283,6 +297,7 @@ type etcdWatcher struct {
 	ch     clientv3.WatchChan
 	min    int64 // events before it were asked not to be delivered
 	tick   *time.Ticker
+	heard  time.Time // when etcd last answered on the watch
 }
 
 // Next returns the next batch of changes, or a progress notice.
@@ -292,6 +307,7 @@ func (w *etcdWatcher) Next() (WatchBatch, error) {
 		case <-w.ctx.Done():
 			return WatchBatch{}, w.ctx.Err()
 		case resp, ok := <-w.ch:
+			w.heard = time.Now()
 			if !ok {
 				if err := w.ctx.Err(); err != nil {
 					return WatchBatch{}, err
@@ -323,6 +339,9 @@ func (w *etcdWatcher) Next() (WatchBatch, error) {
 			}
 			return batch, nil
 		case <-w.tick.C:
+			if d := time.Since(w.heard); d > w.b.silenceLimit() {
+				return WatchBatch{}, fmt.Errorf("%w: etcd answered no progress request on the watch for %v", ErrStoreUnavailable, d.Round(time.Millisecond))
+			}
 			// The answer comes on the watch channel; no answer is how a
 			// lost cluster shows, as staleness. The request must not
 			// hold up the loop while the client reconnects.

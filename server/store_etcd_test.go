@@ -214,3 +214,38 @@ func TestAnUnreachableEtcdFailsWritesAtOnceAndReadsSayHowStale(t *testing.T) {
 		t.Errorf("a write once etcd is back: %v", err)
 	}
 }
+
+// The etcd client resumes a watch whose connection broke by itself, from
+// one past the last revision it heard of, and etcd answers no progress
+// request for a watch that starts beyond its current revision: unless the
+// store notices, it stays stale until the next change however long etcd
+// has been back.
+func TestAWatchTheClientResumedByItselfKeepsTheStoreCurrent(t *testing.T) {
+	c, _ := etcdStorages(t)
+	proxy := etcdtest.NewProxy(t, c.Endpoints()[0])
+	b, err := OpenEtcdBackend(EtcdConfig{Endpoints: []string{proxy.Addr()}, Prefix: "/poold-test-cut", ProgressInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	s, _ := openContractStore(t, b, StoreOptions{SkipBadValues: true})
+	if _, err := s.Update(policyTestContext(t), &pooldv1.Policy{Name: defaultPolicyName, MaxRetries: pu32(2)}, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	// The client resumes from past what it heard last: a progress notice,
+	// not the list.
+	listed := s.sync.syncedAt.Load()
+	eventually(t, "a progress notice", func() bool { return s.sync.syncedAt.Load() > listed })
+	proxy.Cut()
+	eventually(t, "staleness to grow", func() bool {
+		d, ok := s.Staleness()
+		return ok && d > time.Second
+	})
+	eventually(t, "the store to be current again", func() bool {
+		d, ok := s.Staleness()
+		return ok && d < 500*time.Millisecond
+	})
+	if s.sync.restarts.Load() == 0 {
+		t.Error("the store never restarted its watch")
+	}
+}
