@@ -45,7 +45,6 @@ func (p *Proxy) Cut() {
 	defer p.mu.Unlock()
 	for c := range p.conns {
 		c.Close()
-		delete(p.conns, c)
 	}
 }
 
@@ -63,15 +62,19 @@ func (p *Proxy) accept() {
 		p.mu.Lock()
 		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
 		p.mu.Unlock()
-		p.wg.Go(func() { relay(out, in) })
-		p.wg.Go(func() { relay(in, out) })
+		p.wg.Go(func() { p.relay(out, in) })
+		p.wg.Go(func() { p.relay(in, out) })
 	}
 }
 
 // relay copies one direction; when it ends, both ends close, so the other
-// direction ends too.
-func relay(dst, src net.Conn) {
+// direction ends too, and the proxy forgets them.
+func (p *Proxy) relay(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
 }
