@@ -68,8 +68,12 @@ func (h *h2conn) roundTrip(x *exchange) (*http.Response, bool, error) {
 	r.Cancel = s.stop
 	x.writeStart = time.Now()
 	resp, err := h.cl.roundTrip(r)
-	if s.timer != nil {
-		s.timer.Stop()
+	if s.timer != nil && !s.timer.Stop() && err == nil {
+		// The header timeout ran out as the head came in, and has
+		// begun to cancel the stream: its body would fail as a
+		// cancelled request. The attempt fails as the timeout it is.
+		_ = resp.Body.Close()
+		err = errH2HeaderTimeout
 	}
 	if err != nil {
 		return s.fail(err)
