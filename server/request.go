@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -31,6 +32,12 @@ var hopByHop = map[string]bool{
 	"Transfer-Encoding": true,
 	"Upgrade":           true,
 }
+
+// notUTF8 is the reason given for a string field that is not UTF-8, as
+// protobuf requires. The server's codec reads requests without checking
+// it (codec.go), so the fields that become the upstream request are
+// checked here; method and header names are tokens, ASCII by definition.
+const notUTF8 = "must be valid UTF-8, as every protobuf string field"
 
 // newUpstreamRequest turns a DoRequest into the request the engine sends,
 // checking everything that can be checked before a connection is made.
@@ -136,6 +143,10 @@ func (c *requestConverter) url(raw string) *url.URL {
 		c.violate("url", "is required: an absolute http or https URL")
 		return nil
 	}
+	if !utf8.ValidString(raw) {
+		c.violate("url", "%s", notUTF8)
+		return nil
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Error repeats the URL, whose query may hold a secret; the
@@ -215,6 +226,10 @@ func (c *requestConverter) headers(in []*pooldv1.Header) (http.Header, string, d
 		name, value := f.GetName(), f.GetValue()
 		if !httpguts.ValidHeaderFieldName(name) {
 			c.violate(headerField(i, "name"), "must be an RFC 9110 token (letters, digits and !#$%%&'*+-.^_`|~)")
+			continue
+		}
+		if !utf8.ValidString(value) {
+			c.violate(headerField(i, "value"), "%s", notUTF8)
 			continue
 		}
 		if !httpguts.ValidHeaderFieldValue(value) {
