@@ -8,6 +8,8 @@ BUF_VERSION=v1.75.0
 PROTOC_GEN_GO_VERSION=$(go list -m -f '{{.Version}}' google.golang.org/protobuf)
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 GRPCURL_VERSION=v1.9.4
+# Must match the vtprotobuf runtime in go.mod that the generated code imports.
+VTPROTO_VERSION=$(go list -m -f '{{.Version}}' github.com/planetscale/vtprotobuf)
 
 bin="$PWD/.tools/bin"
 mkdir -p "$bin"
@@ -25,6 +27,7 @@ install() { # name module@version
 install buf "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
 install protoc-gen-go "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
 install protoc-gen-go-grpc "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
+install protoc-gen-go-vtproto "github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@$VTPROTO_VERSION"
 install grpcurl "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
 
 # etcd for the tests of the shared policy store. Its server module has

@@ -31,6 +31,7 @@ import (
 type httpHarness struct {
 	engine *pool.Engine
 	client pooldv1.HTTPServiceClient
+	conn   *grpc.ClientConn
 }
 
 // harnessConfig adjusts the engine and the service a harness starts.
@@ -62,7 +63,9 @@ func newHTTPHarness(t *testing.T, configure ...func(*harnessConfig)) *httpHarnes
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	srv := grpc.NewServer(cfg.server...)
+	// The daemon's codec (codec.go), so that requests are read as in
+	// production.
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(newVTCodec())}, cfg.server...)...)
 	pooldv1.RegisterHTTPServiceServer(srv, NewHTTPServer(engine, cfg.http))
 	served := make(chan struct{})
 	go func() {
@@ -80,7 +83,7 @@ func newHTTPHarness(t *testing.T, configure ...func(*harnessConfig)) *httpHarnes
 		t.Fatalf("grpc.NewClient: %v", err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	return &httpHarness{engine: engine, client: pooldv1.NewHTTPServiceClient(cc)}
+	return &httpHarness{engine: engine, client: pooldv1.NewHTTPServiceClient(cc), conn: cc}
 }
 
 func withPolicy(p pool.Policy) func(*harnessConfig) {

@@ -182,6 +182,7 @@ func New(cfg Config) (*Server, error) {
 	stream = append(stream, watches.intercept)
 
 	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newVTCodec()),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
