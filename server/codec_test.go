@@ -35,6 +35,12 @@ func TestVTCodecRoundTrips(t *testing.T) {
 			Headers: []*pooldv1.Header{{Name: "Accept", Value: "text/plain"}, {Name: "X-Trace", Value: "1"}},
 			Body:    []byte("hello"), Timeout: durationpb.New(1500 * time.Millisecond),
 		}},
+		{"stream head", &pooldv1.StreamRequest{Msg: &pooldv1.StreamRequest_Head{Head: &pooldv1.DoRequest{
+			Method: "PUT", Url: "http://example.test/up", Headers: []*pooldv1.Header{{Name: "Content-Length", Value: "3"}},
+		}}}},
+		{"stream body", &pooldv1.StreamRequest{Msg: &pooldv1.StreamRequest_Body{Body: []byte("abc")}}},
+		{"pipelined request", &pooldv1.PipelineRequest{Id: 42, Request: &pooldv1.DoRequest{Url: "http://example.test/p"}}},
+		{"pipelined cancel", &pooldv1.PipelineRequest{Id: 42, Cancel: true}},
 		{"small response", &pooldv1.DoResponse{
 			StatusCode: 200, Body: []byte("hello"),
 			Headers: []*pooldv1.Header{{Name: "Content-Type", Value: "text/plain"}},
@@ -94,6 +100,38 @@ func TestVTCodecRefusesTruncatedInput(t *testing.T) {
 	err = newVTCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire[:len(wire)-3])}, &pooldv1.DoRequest{})
 	if err == nil {
 		t.Fatal("a truncated request unmarshalled")
+	}
+}
+
+// Only the requests of HTTPService, whose strings the request converter
+// checks, are read without protobuf's check that strings are UTF-8; any
+// other message with such a string is refused, as protobuf's codec would.
+func TestVTCodecReadsOnlyHTTPServiceRequestsWithoutTheUTF8Check(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		msg    interface{ MarshalVT() ([]byte, error) } // protobuf's Marshal would refuse
+		into   proto.Message
+		refuse bool
+	}{
+		{"Do", &pooldv1.DoRequest{Url: "http://127.0.0.1/\xff"}, &pooldv1.DoRequest{}, false},
+		{"Stream", &pooldv1.StreamRequest{Msg: &pooldv1.StreamRequest_Head{Head: &pooldv1.DoRequest{Url: "http://127.0.0.1/\xff"}}}, &pooldv1.StreamRequest{}, false},
+		{"Pipeline", &pooldv1.PipelineRequest{Id: 1, Request: &pooldv1.DoRequest{Url: "http://127.0.0.1/\xff"}}, &pooldv1.PipelineRequest{}, false},
+		{"a response", &pooldv1.DoResponse{Url: "http://127.0.0.1/\xff"}, &pooldv1.DoResponse{}, true},
+		{"a header alone", &pooldv1.Header{Name: "X-A", Value: "caf\xe9"}, &pooldv1.Header{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wire, err := tc.msg.MarshalVT()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = newVTCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, tc.into)
+			if tc.refuse && err == nil {
+				t.Fatal("read a string that is not UTF-8 without protobuf's check")
+			}
+			if !tc.refuse && err != nil {
+				t.Fatalf("Unmarshal: %v; the request converter, not the codec, refuses this", err)
+			}
+		})
 	}
 }
 
